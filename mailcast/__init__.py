@@ -1,0 +1,3 @@
+"""mailcast: personalized bulk email, orchestrated by Prefect 3."""
+
+__version__ = "0.1.0"

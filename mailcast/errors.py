@@ -1,0 +1,117 @@
+"""mailcast's exceptions: one small tree, every error says *where* and *what to do*.
+
+::
+
+    MailcastError                 .where (file:row, template:line, host:port, field) and .hint
+    ├── SpecError                 the campaign spec is invalid (file, field)
+    ├── SourceError               recipient data cannot be read (file:row)
+    ├── TemplateError             a template does not compile or uses an unknown variable (template:line)
+    ├── AttachmentError           an attachment is missing, too large or outside the campaign folder
+    ├── LedgerError               the tracking database
+    │   ├── SchemaOutdatedError   the database schema is behind the code: run `mailcast db upgrade`
+    │   └── RunNotFoundError      no run with that id
+    ├── TransportError            talking to the mail server (host:port)
+    │   ├── ConnectError          cannot reach the server
+    │   ├── AuthError             the server refused the credentials: stops the run at once
+    │   ├── TlsError              TLS could not be established: stops the run at once
+    │   └── SmtpReplyError        a reply to one message; .code, .permanent (5xx) or temporary (4xx)
+    │       └── ConnectionLost    the server dropped the connection mid-message (temporary)
+    └── RunStopped                a run paused itself (too many consecutive failures); resume it
+
+Per-message outcomes (SmtpReplyError) never reach the user as tracebacks: the send step records
+them in the ledger. Everything else is turned by the CLI into one line: ``error: <where>: <msg>``
+followed by ``hint: <hint>``.
+"""
+
+from __future__ import annotations
+
+
+class MailcastError(Exception):
+    """Base of every error mailcast raises on purpose."""
+
+    default_hint: str = ""
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def one_line(self) -> str:
+        """The CLI form: ``<where>: <message> (hint: ...)``."""
+        text = str(self)
+        return f"{text}\nhint: {self.hint}" if self.hint else text
+
+
+class SpecError(MailcastError):
+    default_hint = "fix the campaign spec (see `mailcast init` for a commented example)"
+
+
+class SourceError(MailcastError):
+    default_hint = "check the recipient file: UTF-8 (or declared encoding), a header row, an email column"
+
+
+class TemplateError(MailcastError):
+    default_hint = "fix the template; variables must be columns of the recipient data"
+
+
+class AttachmentError(MailcastError):
+    default_hint = "attachments must be readable files inside the campaign folder"
+
+
+class LedgerError(MailcastError):
+    default_hint = "check --db / MAILCAST_DATABASE_URL"
+
+
+class SchemaOutdatedError(LedgerError):
+    default_hint = "run `mailcast db upgrade` (with the same --db) and try again"
+
+
+class RunNotFoundError(LedgerError):
+    default_hint = "`mailcast runs` lists the runs in this ledger"
+
+
+class TransportError(MailcastError):
+    default_hint = "check the SMTP settings (--smtp URL or --smtp-block NAME)"
+
+
+class ConnectError(TransportError):
+    default_hint = "is the SMTP server running and reachable at that host:port?"
+
+
+class AuthError(TransportError):
+    default_hint = "check the username and MAILCAST_SMTP_PASSWORD (or the SMTP block's password)"
+
+
+class TlsError(TransportError):
+    default_hint = "check `security` (ssl for port 465, starttls for 587) and the server's certificate"
+
+
+class SmtpReplyError(TransportError):
+    """The server refused one message. 4xx is temporary (retry later), 5xx permanent."""
+
+    def __init__(self, code: int, text: str, *, where: str | None = None, stage: str = "") -> None:
+        self.code = code
+        self.text = text
+        self.stage = stage
+        super().__init__(f"{code} {text}".strip(), where=where)
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+class ConnectionLost(SmtpReplyError):
+    def __init__(self, text: str = "connection lost", *, where: str | None = None) -> None:
+        super().__init__(0, text, where=where, stage="connection")
+
+    @property
+    def permanent(self) -> bool:
+        return False
+
+
+class RunStopped(MailcastError):
+    default_hint = "fix the cause, then `mailcast resume RUN_ID`"

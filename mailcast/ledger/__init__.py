@@ -1,0 +1,1 @@
+"""The delivery ledger: every recipient of every run, and what happened to it."""

@@ -1,0 +1,97 @@
+"""The ledger's tables (SQLAlchemy 2 typed models). Alembic migrations in ``migrations/`` own the
+schema; these models must match the head migration (a test checks it). Documented for analysts
+in docs/schema.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BIGINT on Postgres, INTEGER (the rowid alias, so it autoincrements) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# Delivery statuses. pending → sending → sent | failed | skipped; `unknown` marks rows that were
+# in flight when a run crashed (they may or may not have been delivered).
+PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN = (
+    "pending", "sending", "sent", "failed", "skipped", "unknown",
+)  # fmt: skip
+FINAL_STATUSES = (SENT, FAILED, SKIPPED)
+STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="planning")
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(Json)
+    transport: Mapped[str | None] = mapped_column(String(500))
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    columns: Mapped[list[str]] = mapped_column(Json, default=list)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("run_id", "row_no", name="uq_deliveries_run_row"),
+        # Skipped rows (invalid, duplicate) have no key, so duplicates can be recorded too.
+        UniqueConstraint("run_id", "address_key", name="uq_deliveries_run_address"),
+        Index("ix_deliveries_run_status", "run_id", "status"),
+        Index("ix_deliveries_address_key", "address_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    row_no: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(998))
+    address_key: Mapped[str | None] = mapped_column(String(320))
+    fields: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    smtp_code: Mapped[int | None] = mapped_column(Integer)
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,415 @@
+"""The ledger store: every query mailcast runs against the tracking database, kept together.
+
+The send engine depends only on the ``Store`` protocol (claim, record, requeue); ``Ledger``
+implements it with SQLAlchemy Core bulk statements (one statement per batch, never per message)
+and works on SQLite and Postgres. On Postgres claims use ``FOR UPDATE SKIP LOCKED`` so two
+processes resuming the same run never take the same row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, bindparam, func, insert, select, update
+
+from mailcast.errors import RunNotFoundError
+from mailcast.ledger.models import (
+    FAILED,
+    PENDING,
+    SENDING,
+    SENT,
+    SKIPPED,
+    STATUSES,
+    UNKNOWN,
+    Campaign,
+    Delivery,
+    Run,
+    utcnow,
+)
+from mailcast.ledger.schema import display_url, ensure_schema, get_engine
+from mailcast.recipients import Recipient
+
+D = Delivery.__table__
+R = Run.__table__
+C = Campaign.__table__
+
+PLAN_BATCH = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery row taken for sending (now marked ``sending``)."""
+
+    id: int
+    row_no: int
+    address: str
+    fields: dict[str, Any]
+    attempts: int  # including this one
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one claimed row."""
+
+    id: int
+    status: str  # sent, failed, or pending (temporary failure, to be retried)
+    reason: str | None = None
+    smtp_code: int | None = None
+    smtp_reply: str | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: str
+    campaign: str
+    status: str
+    dry_run: bool
+    spec: dict[str, Any]
+    transport: str | None
+    recipients: int
+    note: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Store(Protocol):
+    """What the send engine needs from the ledger."""
+
+    def claim(
+        self, run_id: str, lo: int, hi: int, limit: int, exclude: Sequence[int] = ()
+    ) -> list[Claim]: ...
+
+    def claim_ids(self, run_id: str, ids: Sequence[int]) -> list[Claim]: ...
+
+    def record(self, outcomes: Sequence[Outcome]) -> None: ...
+
+
+class Ledger:
+    """The SQL implementation of the store, plus the queries the CLI and reports need."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine: Engine = get_engine(url)
+        ensure_schema(self.engine, create=create)
+
+    @property
+    def where(self) -> str:
+        return display_url(self.url)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        campaign: str,
+        spec: dict[str, Any],
+        *,
+        dry_run: bool,
+        transport: str | None,
+        run_id: str | None = None,
+    ) -> str:
+        run_id = run_id or str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            cid = conn.execute(select(C.c.id).where(C.c.name == campaign)).scalar()
+            if cid is None:
+                cid = conn.execute(
+                    insert(C).values(name=campaign, created_at=utcnow()).returning(C.c.id)
+                ).scalar_one()
+            conn.execute(
+                insert(R).values(
+                    id=run_id,
+                    campaign_id=cid,
+                    status="planning",
+                    dry_run=dry_run,
+                    spec=spec,
+                    transport=transport,
+                    recipients=0,
+                    columns=[],
+                    created_at=utcnow(),
+                )
+            )
+        return run_id
+
+    def run(self, run_id: str) -> RunInfo:
+        query = (
+            select(R, C.c.name.label("campaign"))
+            .join(C, C.c.id == R.c.campaign_id)
+            .where(R.c.id == run_id)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+            if row is None and len(run_id) >= 4:  # accept a unique prefix, like git
+                rows = (
+                    conn.execute(
+                        select(R, C.c.name.label("campaign"))
+                        .join(C, C.c.id == R.c.campaign_id)
+                        .where(R.c.id.like(f"{run_id}%"))
+                        .limit(2)
+                    )
+                    .mappings()
+                    .all()
+                )
+                row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r}", where=self.where)
+        return RunInfo(**{k: row[k] for k in RunInfo.__slots__})  # type: ignore[attr-defined]
+
+    def runs(self, limit: int = 50) -> list[RunInfo]:
+        query = (
+            select(R, C.c.name.label("campaign"))
+            .join(C, C.c.id == R.c.campaign_id)
+            .order_by(R.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [RunInfo(**{k: r[k] for k in RunInfo.__slots__}) for r in rows]  # type: ignore[attr-defined]
+
+    def set_run(self, run_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(R).where(R.c.id == run_id).values(**values))
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan(
+        self, run_id: str, recipients: Iterable[Recipient], columns: Sequence[str] | None = None
+    ) -> int:
+        """Write one row per recipient: pending for valid rows, skipped (with the reason) for
+        the rest. Bulk inserts of PLAN_BATCH rows; returns the number of rows."""
+        now = utcnow()
+        total = 0
+        batch: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            for r in recipients:
+                batch.append(
+                    {
+                        "run_id": run_id,
+                        "row_no": r.row,
+                        "address": r.address[:998],
+                        "address_key": r.key if r.reason is None else None,
+                        "fields": r.fields,
+                        "status": PENDING if r.reason is None else SKIPPED,
+                        "reason": r.reason,
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                if len(batch) >= PLAN_BATCH:
+                    conn.execute(insert(D), batch)
+                    total += len(batch)
+                    batch = []
+            if batch:
+                conn.execute(insert(D), batch)
+                total += len(batch)
+            values: dict[str, Any] = {"recipients": total}
+            if columns is not None:
+                values["columns"] = list(columns)
+            conn.execute(update(R).where(R.c.id == run_id).values(**values))
+        return total
+
+    def id_ranges(self, run_id: str, size: int, *, statuses: Sequence[str] = (PENDING,)) -> list[
+        tuple[int, int]
+    ]:
+        """Chunks of ``size`` open rows as inclusive (first id, last id) ranges."""
+        query = (
+            select(D.c.id)
+            .where(D.c.run_id == run_id, D.c.status.in_(statuses))
+            .order_by(D.c.id)
+        )
+        ranges: list[tuple[int, int]] = []
+        with self.engine.connect() as conn:
+            ids = conn.execute(query).scalars()
+            first = last = None
+            n = 0
+            for i in ids:
+                if first is None:
+                    first = i
+                last = i
+                n += 1
+                if n == size:
+                    ranges.append((first, last))
+                    first, n = None, 0
+            if first is not None and last is not None:
+                ranges.append((first, last))
+        return ranges
+
+    # -- the send engine's store -------------------------------------------------------------
+
+    def _claim(self, run_id: str, where: Callable[[Any], Any], limit: int | None) -> list[Claim]:
+        # Pick in a CTE (materialized once): a plain `IN (SELECT … SKIP LOCKED)` subquery may be
+        # rescanned by Postgres and then takes more rows than LIMIT.
+        P = D.alias("p")
+        where = where(P)
+        pick = select(P.c.id).where(P.c.run_id == run_id, P.c.status == PENDING, where)
+        pick = pick.order_by(P.c.id)
+        if limit is not None:
+            pick = pick.limit(limit)
+        if self.is_postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        picked = pick.cte("pick")
+        stmt = (
+            update(D)
+            .where(D.c.id == picked.c.id, D.c.status == PENDING)
+            .values(status=SENDING, attempts=D.c.attempts + 1, updated_at=utcnow())
+            .returning(D.c.id, D.c.row_no, D.c.address, D.c.fields, D.c.attempts)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        rows.sort(key=lambda r: r[0])
+        return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def claim(
+        self, run_id: str, lo: int, hi: int, limit: int, exclude: Sequence[int] = ()
+    ) -> list[Claim]:
+        """Take up to ``limit`` pending rows with ids in [lo, hi] (but not in ``exclude``: rows
+        waiting for a retry): marked ``sending`` in one statement, committed before any of them
+        is transmitted."""
+        def where(t: Any) -> Any:
+            cond = t.c.id.between(lo, hi)
+            return cond & t.c.id.notin_(list(exclude)) if exclude else cond
+
+        return self._claim(run_id, where, limit)
+
+    def claim_ids(self, run_id: str, ids: Sequence[int]) -> list[Claim]:
+        return self._claim(run_id, lambda t: t.c.id.in_(list(ids)), None) if ids else []
+
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write the outcomes of a batch: one executemany, one commit."""
+        if not outcomes:
+            return
+        now = utcnow()
+        params = [
+            {
+                "b_id": o.id,
+                "b_status": o.status,
+                "b_reason": o.reason,
+                "b_code": o.smtp_code,
+                "b_reply": o.smtp_reply,
+                "b_mid": o.message_id,
+                "b_now": now,
+                "b_sent": now if o.status == SENT else None,
+            }
+            for o in outcomes
+        ]
+        stmt = (
+            update(D)
+            .where(D.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                reason=bindparam("b_reason"),
+                smtp_code=bindparam("b_code"),
+                smtp_reply=bindparam("b_reply"),
+                message_id=func.coalesce(bindparam("b_mid"), D.c.message_id),
+                updated_at=bindparam("b_now"),
+                sent_at=func.coalesce(bindparam("b_sent"), D.c.sent_at),
+            )
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, params)
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def mark_unknown(self, run_id: str) -> int:
+        """Rows left ``sending`` by a crashed process may or may not have been delivered."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(D)
+                .where(D.c.run_id == run_id, D.c.status == SENDING)
+                .values(
+                    status=UNKNOWN,
+                    reason="in flight when the run was interrupted; may have been delivered",
+                    updated_at=utcnow(),
+                )
+            )
+        return result.rowcount or 0
+
+    def reopen(self, run_id: str, statuses: Sequence[str], *, temporary_only: bool = False) -> int:
+        """Put rows back to pending (``--resend-unknown``, ``retry --failed``)."""
+        where = [D.c.run_id == run_id, D.c.status.in_(statuses)]
+        if temporary_only:
+            where.append(D.c.reason.like("temporary%"))
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(D).where(*where).values(status=PENDING, updated_at=utcnow())
+            )
+        return result.rowcount or 0
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        query = (
+            select(D.c.status, func.count()).where(D.c.run_id == run_id).group_by(D.c.status)
+        )
+        with self.engine.connect() as conn:
+            found = {s: n for s, n in conn.execute(query).all()}
+        return {s: found.get(s, 0) for s in STATUSES}
+
+    def reasons(self, run_id: str, limit: int = 20) -> list[tuple[str, str, int]]:
+        """(status, reason, count) for rows not sent, most frequent first."""
+        cut = func.substr(func.coalesce(D.c.reason, ""), 1, 120).label("why")
+        query = (
+            select(D.c.status, cut, func.count().label("n"))
+            .where(
+                D.c.run_id == run_id,
+                D.c.status.in_((FAILED, SKIPPED, UNKNOWN))
+                | ((D.c.status == PENDING) & D.c.reason.is_not(None)),
+            )
+            .group_by(D.c.status, cut)
+            .order_by(func.count().desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(s, w, n) for s, w, n in conn.execute(query).all()]
+
+    REPORT_COLUMNS = (
+        "row_no", "address", "status", "reason", "attempts", "smtp_code", "smtp_reply",
+        "message_id", "sent_at", "updated_at", "fields",
+    )  # fmt: skip
+
+    def deliveries(self, run_id: str, *, batch: int = 10_000) -> Iterator[dict[str, Any]]:
+        """Every delivery row of a run in row order, streamed in id batches."""
+        cols = [D.c[c] for c in self.REPORT_COLUMNS]
+        last = -1
+        while True:
+            query = (
+                select(D.c.id, *cols)
+                .where(D.c.run_id == run_id, D.c.id > last)
+                .order_by(D.c.id)
+                .limit(batch)
+            )
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+            if not rows:
+                return
+            last = rows[-1]["id"]
+            for r in rows:
+                yield {c: r[c] for c in self.REPORT_COLUMNS}
+
+    def sent_message_ids(self, run_id: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(D.c.message_id).where(D.c.run_id == run_id, D.c.status == SENT)
+                ).scalars()
+            )
+
+    def columns(self, run_id: str) -> list[str]:
+        """The recipient data's columns, in the source's order."""
+        with self.engine.connect() as conn:
+            cols = conn.execute(select(R.c.columns).where(R.c.id == run_id)).scalar()
+            if not cols:  # planned without columns: take them from a row
+                fields = conn.execute(
+                    select(D.c.fields).where(D.c.run_id == run_id).order_by(D.c.id).limit(1)
+                ).scalar()
+                cols = list(fields or {})
+        return list(cols)

@@ -1,0 +1,87 @@
+"""Shared fixtures: real Postgres (a fresh database per test session), SQLite, a real SMTP
+server on loopback, and one Prefect test harness per session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+PG_ADMIN_URL = os.environ.get(
+    "MAILCAST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pg_unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"Postgres is required in CI (CI=true) but {reason}")
+    pytest.skip(f"no Postgres: {reason} (set MAILCAST_TEST_PG, or start it; CI fails instead)")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A new, empty Postgres database for this test session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"mailcast_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        _pg_unavailable(f"{PG_ADMIN_URL}: {str(exc).splitlines()[0]}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    from mailcast.ledger import schema
+
+    for key, engine in list(schema._engines.items()):
+        if name in key:
+            engine.dispose()
+            del schema._engines[key]
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each ledger test runs on SQLite and on real Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server per session (~20–30 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[object]:
+    """A real SMTP server on loopback that captures every message."""
+    from mailcast.capture import CaptureServer
+
+    with CaptureServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's data dir or picks up a developer's MAILCAST_* settings."""
+    for key in list(os.environ):
+        if key.startswith("MAILCAST_") and key != "MAILCAST_TEST_PG":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MAILCAST_DATA_DIR", str(tmp_path / "data"))
