@@ -62,7 +62,7 @@ def test_duplicates_can_be_recorded_as_skipped(db_url: str) -> None:
 def test_claim_marks_sending_and_is_never_repeated(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 50)
-    (lo, hi), = ledger.id_ranges(run_id, 1000)
+    ((lo, hi),) = ledger.id_ranges(run_id, 1000)
     first = ledger.claim(run_id, lo, hi, 20)
     second = ledger.claim(run_id, lo, hi, 100)
     assert len(first) == 20 and len(second) == 30
@@ -83,7 +83,7 @@ def test_claim_marks_sending_and_is_never_repeated(db_url: str) -> None:
 def test_claim_excludes_rows_waiting_for_retry(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 10)
-    (lo, hi), = ledger.id_ranges(run_id, 1000)
+    ((lo, hi),) = ledger.id_ranges(run_id, 1000)
     claims = ledger.claim(run_id, lo, hi, 10)
     ledger.record([Outcome(claims[0].id, "pending", reason="temporary: 451 later")])
     ledger.record([Outcome(c.id, "pending") for c in claims[1:]])
@@ -95,7 +95,7 @@ def test_claim_excludes_rows_waiting_for_retry(db_url: str) -> None:
 def test_concurrent_claims_take_each_row_once(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 600)
-    (lo, hi), = ledger.id_ranges(run_id, 10_000)
+    ((lo, hi),) = ledger.id_ranges(run_id, 10_000)
     taken: list[int] = []
     lock = threading.Lock()
 

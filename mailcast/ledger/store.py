@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 
 from mailcast.errors import RunNotFoundError
 from mailcast.ledger.models import (
@@ -33,9 +33,9 @@ from mailcast.ledger.models import (
 from mailcast.ledger.schema import display_url, ensure_schema, get_engine
 from mailcast.recipients import Recipient
 
-D = Delivery.__table__
-R = Run.__table__
-C = Campaign.__table__
+D = cast(Table, Delivery.__table__)
+R = cast(Table, Run.__table__)
+C = cast(Table, Campaign.__table__)
 
 PLAN_BATCH = 5_000
 
@@ -217,14 +217,12 @@ class Ledger:
             conn.execute(update(R).where(R.c.id == run_id).values(**values))
         return total
 
-    def id_ranges(self, run_id: str, size: int, *, statuses: Sequence[str] = (PENDING,)) -> list[
-        tuple[int, int]
-    ]:
+    def id_ranges(
+        self, run_id: str, size: int, *, statuses: Sequence[str] = (PENDING,)
+    ) -> list[tuple[int, int]]:
         """Chunks of ``size`` open rows as inclusive (first id, last id) ranges."""
         query = (
-            select(D.c.id)
-            .where(D.c.run_id == run_id, D.c.status.in_(statuses))
-            .order_by(D.c.id)
+            select(D.c.id).where(D.c.run_id == run_id, D.c.status.in_(statuses)).order_by(D.c.id)
         )
         ranges: list[tuple[int, int]] = []
         with self.engine.connect() as conn:
@@ -249,8 +247,7 @@ class Ledger:
         # Pick in a CTE (materialized once): a plain `IN (SELECT … SKIP LOCKED)` subquery may be
         # rescanned by Postgres and then takes more rows than LIMIT.
         P = D.alias("p")
-        where = where(P)
-        pick = select(P.c.id).where(P.c.run_id == run_id, P.c.status == PENDING, where)
+        pick = select(P.c.id).where(P.c.run_id == run_id, P.c.status == PENDING, where(P))
         pick = pick.order_by(P.c.id)
         if limit is not None:
             pick = pick.limit(limit)
@@ -264,8 +261,7 @@ class Ledger:
             .returning(D.c.id, D.c.row_no, D.c.address, D.c.fields, D.c.attempts)
         )
         with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
-        rows.sort(key=lambda r: r[0])
+            rows = sorted(conn.execute(stmt).all(), key=lambda r: r[0])
         return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def claim(
@@ -274,6 +270,7 @@ class Ledger:
         """Take up to ``limit`` pending rows with ids in [lo, hi] (but not in ``exclude``: rows
         waiting for a retry): marked ``sending`` in one statement, committed before any of them
         is transmitted."""
+
         def where(t: Any) -> Any:
             cond = t.c.id.between(lo, hi)
             return cond & t.c.id.notin_(list(exclude)) if exclude else cond
@@ -347,9 +344,7 @@ class Ledger:
     # -- reading ----------------------------------------------------------------------------
 
     def counts(self, run_id: str) -> dict[str, int]:
-        query = (
-            select(D.c.status, func.count()).where(D.c.run_id == run_id).group_by(D.c.status)
-        )
+        query = select(D.c.status, func.count()).where(D.c.run_id == run_id).group_by(D.c.status)
         with self.engine.connect() as conn:
             found = {s: n for s, n in conn.execute(query).all()}
         return {s: found.get(s, 0) for s in STATUSES}
