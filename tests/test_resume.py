@@ -113,3 +113,54 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
     assert set(captured) - unknown == everyone - unknown
     assert ledger.run(run.id).status == "completed"
     assert "unknown" in result.output  # the summary reports them
+
+
+@pytest.mark.slow
+def test_two_concurrent_resumes_send_each_row_once(
+    tmp_path: Path, prefect_harness: None, pg_url: str
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from mailcast.recipients import Recipient
+    from mailcast.spec import load_spec
+
+    rows = people(2000)
+    spec = load_spec(
+        write_campaign(
+            tmp_path, rows, attachments=False, spec_extra={"connections": 3, "chunk_size": 100}
+        )
+    )
+    ledger = Ledger(pg_url)
+    run_id = ledger.create_run(
+        spec.name, spec.model_dump(mode="json"), dry_run=False, transport="test"
+    )
+    ledger.plan(
+        run_id,
+        [Recipient(i + 2, r["email"], r, None, r["email"]) for i, r in enumerate(rows)],
+        list(rows[0]),
+    )
+    ledger.set_run(run_id, status="sending")
+    with SlowServer() as server:
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "MAILCAST_DATABASE_URL": pg_url,
+        }
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        procs = [
+            subprocess.Popen(
+                [MAILCAST, "resume", run_id, "--smtp", server.url],
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            for log in logs
+        ]
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    captured = Counter(m.rcpt_tos[0] for m in server.messages)
+    print(f"two resumes: {sum(captured.values())} messages for {len(captured)} addresses, "
+          f"{server.connections} connections")  # fmt: skip
+    assert max(captured.values()) == 1
+    assert set(captured) == {r["email"] for r in rows}
+    assert ledger.counts(run_id)["sent"] == 2000

@@ -1,0 +1,30 @@
+"""The export flow: an operator exports a run's ledger from the Prefect UI (deployment
+``export-run``); the same export as ``mailcast report``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from mailcast.settings import Settings
+from tasks.report import export_task
+
+
+@flow(name="export-run", log_prints=True)
+def export_run(
+    run_id: str,
+    format: Literal["csv", "json", "xlsx", "parquet"] = "csv",
+    out: str | None = None,
+    database_url: str | None = None,
+) -> str:
+    """Write run ``run_id``'s per-recipient ledger to ``out`` (default: mailcast-RUN.FORMAT)."""
+    database_url = database_url or Settings().ledger_url()
+    path, rows = export_task(database_url, run_id, format, out)
+    create_markdown_artifact(
+        markdown=f"Exported **{rows}** delivery rows of run `{run_id}` to `{path}` ({format}).",
+        key="run-export",
+    )
+    print(f"wrote {rows} rows to {path}")
+    return path
