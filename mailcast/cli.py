@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from mailcast.errors import MailcastError, SpecError
 from mailcast.settings import Settings
@@ -360,14 +360,18 @@ def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many run
     """List runs, newest first."""
     settings = settings_for(db)
     ledger = open_ledger(settings)
-    grid = Table("run", "campaign", "status", "mode", "recipients", "sent", "failed", "created")
+    # The id is what report/resume/retry need: never cut it, whatever the width.
+    run_col = Column("run", no_wrap=True, min_width=36)
+    grid = Table(run_col, "campaign", "status", "mode", "recipients", "sent", "failed", "created")
     for r in ledger.runs(limit):
         c = ledger.counts(r.id)
         grid.add_row(
             r.id, r.campaign, r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
             str(c["sent"]), str(c["failed"]), r.created_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
-    out.print(grid)
+    # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)
+    (out if out.is_terminal else wide).print(grid)
     out.print(f"[dim]ledger: {ledger.where}[/]")
 
 
@@ -380,12 +384,13 @@ def report(
     db: DbOpt = None,
 ) -> None:
     """Export a run's per-recipient ledger."""
-    from mailcast.export import export_run
+    from tasks.report import export_report
 
-    ledger = open_ledger(settings_for(db))
-    run = ledger.run(run_id)
-    target = out_file or Path(f"mailcast-{run.id}.{fmt}")
-    n = export_run(ledger, run.id, target, fmt)
+    settings = settings_for(db)
+    open_ledger(settings)  # a clear error for a missing or outdated ledger
+    target, n = export_report(
+        settings.ledger_url(), run_id, fmt, str(out_file) if out_file else None
+    )
     out.print(f"wrote {n} rows to {target}")
 
 

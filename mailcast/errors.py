@@ -51,7 +51,9 @@ class SpecError(MailcastError):
 
 
 class SourceError(MailcastError):
-    default_hint = "check the recipient file: UTF-8 (or declared encoding), a header row, an email column"
+    default_hint = (
+        "check the recipient file: UTF-8 (or declared encoding), a header row, an email column"
+    )
 
 
 class TemplateError(MailcastError):
@@ -87,7 +89,9 @@ class AuthError(TransportError):
 
 
 class TlsError(TransportError):
-    default_hint = "check `security` (ssl for port 465, starttls for 587) and the server's certificate"
+    default_hint = (
+        "check `security` (ssl for port 465, starttls for 587) and the server's certificate"
+    )
 
 
 class SmtpReplyError(TransportError):

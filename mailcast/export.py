@@ -61,13 +61,28 @@ def export_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str) -> int:
             fh.write("\n]\n")
     elif fmt == "xlsx":
         from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
         wb = Workbook(write_only=True)
         ws = wb.create_sheet("deliveries")
+
+        def cell(value: Any) -> Any:
+            # Recipient data is untrusted: control characters (which openpyxl refuses) are
+            # written as \xNN, and text starting with "=" stays text instead of a formula.
+            if not isinstance(value, str):
+                return value
+            value = ILLEGAL_CHARACTERS_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+            if not value.startswith("="):
+                return value
+            text = WriteOnlyCell(ws, value=value)
+            text.data_type = "s"
+            return text
+
         ws.append(COLUMNS)
         for row in rows:
             flat = _flat(row)
-            ws.append([flat[c] for c in COLUMNS])
+            ws.append([cell(flat[c]) for c in COLUMNS])
             n += 1
         wb.save(out)
     else:
