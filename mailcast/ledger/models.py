@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -43,6 +44,12 @@ PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN = (
 FINAL_STATUSES = (SENT, FAILED, SKIPPED)
 STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN)
 
+# What can happen to a message after it left (the `events` table's `kind`).
+BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL = (
+    "bounce", "open", "click", "unsubscribe", "complaint", "deferral",
+)  # fmt: skip
+EVENT_KINDS = (BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL)
+
 
 class Campaign(Base):
     __tablename__ = "campaigns"
@@ -54,6 +61,7 @@ class Campaign(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
@@ -78,6 +86,7 @@ class Delivery(Base):
         UniqueConstraint("run_id", "address_key", name="uq_deliveries_run_address"),
         Index("ix_deliveries_run_status", "run_id", "status"),
         Index("ix_deliveries_address_key", "address_key"),
+        Index("ix_deliveries_sent_at", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -95,3 +104,30 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Event(Base):
+    """Something that happened to a delivered message (a bounce, an open, a click…).
+
+    ``run_id`` repeats the delivery's run (denormalized, for per-run queries without a join);
+    whoever inserts events must set it to the delivery's ``run_id``.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN (" + ", ".join(f"'{k}'" for k in EVENT_KINDS) + ")", name="ck_events_kind"
+        ),
+        Index("ix_events_run_kind", "run_id", "kind"),
+        Index("ix_events_delivery_id", "delivery_id"),
+        Index("ix_events_occurred_at", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("deliveries.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    # e.g. {"type": "hard", "code": 550} for a bounce, {"url": ..., "user_agent": ...} for a click
+    detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, DateTime, Engine, Table, bindparam, func, insert, select, update
 
 from mailcast.errors import RunNotFoundError
 from mailcast.ledger.models import (
@@ -353,8 +353,10 @@ class Ledger:
                 smtp_code=bindparam("b_code"),
                 smtp_reply=bindparam("b_reply"),
                 message_id=func.coalesce(bindparam("b_mid"), D.c.message_id),
-                updated_at=bindparam("b_now"),
-                sent_at=func.coalesce(bindparam("b_sent"), D.c.sent_at),
+                updated_at=bindparam("b_now", type_=DateTime(timezone=True)),
+                sent_at=func.coalesce(
+                    bindparam("b_sent", type_=DateTime(timezone=True)), D.c.sent_at
+                ),
             )
         )
         with self.engine.begin() as conn:

@@ -1,0 +1,181 @@
+"""The ledger's SQL views for analysts: ``campaign_summary`` and ``delivery_facts``.
+
+This module holds the *current* definitions (the ones the head migration creates; a test checks
+that they match). Each migration that creates or changes a view keeps its own frozen copy of the
+SQL, so editing this module never alters a migration that was already applied. To change a
+view: edit it here, add a migration that drops and recreates it with a copy of the new SQL, and
+update docs/schema.md.
+
+The SQL is portable between SQLite and Postgres except for two fragments (the UTC day of a
+timestamp, and a JSON field of an event's ``detail``), which are filled in per dialect. Counts
+use ``SUM(CASE WHEN … THEN 1 ELSE 0 END)``, rates ``CAST(x AS DOUBLE PRECISION) / NULLIF(y, 0)``
+(NULL when there is nothing to divide by). Flags (``opened`` …) are ``boolean`` on Postgres and
+0/1 on SQLite, like ``dry_run``.
+
+SQLite caveat for later migrations: a batch (copy-and-rename) alteration of a table a view reads
+fails while the view exists; drop the views first and recreate them afterwards.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+VIEW_NAMES = ("campaign_summary", "delivery_facts")
+
+# Per-dialect fragments. sent_day is the UTC calendar day (SQLite stores UTC timestamps as text).
+_FRAGMENTS: dict[str, dict[str, str]] = {
+    "postgresql": {
+        "sent_day": "CAST(d.sent_at AT TIME ZONE 'UTC' AS DATE)",
+        "bounce_type": "ev.detail ->> 'type'",
+    },
+    "sqlite": {
+        "sent_day": "date(d.sent_at)",
+        "bounce_type": (
+            "CASE WHEN json_valid(ev.detail) THEN json_extract(ev.detail, '$.type') END"
+        ),
+    },
+}
+
+# One row per (run, delivery) that has events: how many of each kind, and 0/1 flags.
+_EVENTS_PER_DELIVERY = """
+        SELECT
+            ev.run_id,
+            ev.delivery_id,
+            SUM(CASE WHEN ev.kind = 'open' THEN 1 ELSE 0 END) AS opens,
+            SUM(CASE WHEN ev.kind = 'click' THEN 1 ELSE 0 END) AS clicks,
+            MAX(CASE WHEN ev.kind = 'bounce' THEN 1 ELSE 0 END) AS bounced,
+            MAX(CASE WHEN ev.kind = 'bounce' AND ({bounce_type}) = 'hard'
+                THEN 1 ELSE 0 END) AS hard_bounced,
+            MAX(CASE WHEN ev.kind = 'unsubscribe' THEN 1 ELSE 0 END) AS unsubscribed,
+            MAX(CASE WHEN ev.kind = 'complaint' THEN 1 ELSE 0 END) AS complained
+        FROM events ev
+        GROUP BY ev.run_id, ev.delivery_id"""
+
+_CAMPAIGN_SUMMARY = """
+SELECT
+    r.id AS run_id,
+    c.name AS campaign,
+    r.dry_run AS dry_run,
+    r.status AS run_status,
+    r.created_at AS created_at,
+    COALESCE(ds.recipients, 0) AS recipients,
+    COALESCE(ds.sent, 0) AS sent,
+    COALESCE(ds.failed, 0) AS failed,
+    COALESCE(ds.skipped, 0) AS skipped,
+    COALESCE(ds.unknown, 0) AS unknown,
+    COALESCE(ds.pending, 0) AS pending,
+    COALESCE(es.opens, 0) AS opens,
+    COALESCE(es.unique_opens, 0) AS unique_opens,
+    COALESCE(es.clicks, 0) AS clicks,
+    COALESCE(es.unique_clicks, 0) AS unique_clicks,
+    COALESCE(es.bounces, 0) AS bounces,
+    COALESCE(es.hard_bounces, 0) AS hard_bounces,
+    COALESCE(es.unsubscribes, 0) AS unsubscribes,
+    COALESCE(es.complaints, 0) AS complaints,
+    CAST(ds.sent AS DOUBLE PRECISION) / NULLIF(ds.sent + ds.failed, 0) AS delivery_rate,
+    CAST(COALESCE(es.unique_opens, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0) AS open_rate,
+    CAST(COALESCE(es.unique_clicks, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0) AS click_rate,
+    CAST(es.unique_clicks AS DOUBLE PRECISION) / NULLIF(es.unique_opens, 0)
+        AS click_to_open_rate,
+    CAST(COALESCE(es.bounces, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0) AS bounce_rate,
+    CAST(COALESCE(es.unsubscribes, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0)
+        AS unsubscribe_rate
+FROM runs r
+JOIN campaigns c ON c.id = r.campaign_id
+LEFT JOIN (
+    SELECT
+        d.run_id,
+        COUNT(*) AS recipients,
+        SUM(CASE WHEN d.status = 'sent' THEN 1 ELSE 0 END) AS sent,
+        SUM(CASE WHEN d.status = 'failed' THEN 1 ELSE 0 END) AS failed,
+        SUM(CASE WHEN d.status = 'skipped' THEN 1 ELSE 0 END) AS skipped,
+        SUM(CASE WHEN d.status = 'unknown' THEN 1 ELSE 0 END) AS unknown,
+        SUM(CASE WHEN d.status IN ('pending', 'sending') THEN 1 ELSE 0 END) AS pending
+    FROM deliveries d
+    GROUP BY d.run_id
+) ds ON ds.run_id = r.id
+LEFT JOIN (
+    SELECT
+        pd.run_id,
+        CAST(SUM(pd.opens) AS BIGINT) AS opens,
+        SUM(CASE WHEN pd.opens > 0 THEN 1 ELSE 0 END) AS unique_opens,
+        CAST(SUM(pd.clicks) AS BIGINT) AS clicks,
+        SUM(CASE WHEN pd.clicks > 0 THEN 1 ELSE 0 END) AS unique_clicks,
+        SUM(pd.bounced) AS bounces,
+        SUM(pd.hard_bounced) AS hard_bounces,
+        SUM(pd.unsubscribed) AS unsubscribes,
+        SUM(pd.complained) AS complaints
+    FROM ({events_per_delivery}
+    ) pd
+    GROUP BY pd.run_id
+) es ON es.run_id = r.id
+"""
+
+_DELIVERY_FACTS = """
+SELECT
+    d.id AS delivery_id,
+    d.run_id AS run_id,
+    c.name AS campaign,
+    r.created_at AS run_created_at,
+    r.dry_run AS dry_run,
+    d.row_no AS row_no,
+    d.address AS address,
+    d.address_key AS address_key,
+    d.status AS status,
+    d.reason AS reason,
+    d.attempts AS attempts,
+    d.smtp_code AS smtp_code,
+    d.message_id AS message_id,
+    d.sent_at AS sent_at,
+    {sent_day} AS sent_day,
+    COALESCE(pd.opens, 0) AS opens,
+    COALESCE(pd.clicks, 0) AS clicks,
+    COALESCE(pd.opens, 0) > 0 AS opened,
+    COALESCE(pd.clicks, 0) > 0 AS clicked,
+    COALESCE(pd.bounced, 0) = 1 AS bounced,
+    COALESCE(pd.hard_bounced, 0) = 1 AS hard_bounced,
+    COALESCE(pd.unsubscribed, 0) = 1 AS unsubscribed,
+    COALESCE(pd.complained, 0) = 1 AS complained
+FROM deliveries d
+JOIN runs r ON r.id = d.run_id
+JOIN campaigns c ON c.id = r.campaign_id
+LEFT JOIN ({events_per_delivery}
+) pd ON pd.delivery_id = d.id AND pd.run_id = d.run_id
+"""
+
+_VIEWS = {"campaign_summary": _CAMPAIGN_SUMMARY, "delivery_facts": _DELIVERY_FACTS}
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "campaign_summary": (
+        "run_id", "campaign", "dry_run", "run_status", "created_at", "recipients", "sent",
+        "failed", "skipped", "unknown", "pending", "opens", "unique_opens", "clicks",
+        "unique_clicks", "bounces", "hard_bounces", "unsubscribes", "complaints",
+        "delivery_rate", "open_rate", "click_rate", "click_to_open_rate", "bounce_rate",
+        "unsubscribe_rate",
+    ),
+    "delivery_facts": (
+        "delivery_id", "run_id", "campaign", "run_created_at", "dry_run", "row_no", "address",
+        "address_key", "status", "reason", "attempts", "smtp_code", "message_id", "sent_at",
+        "sent_day", "opens", "clicks", "opened", "clicked", "bounced", "hard_bounced",
+        "unsubscribed", "complained",
+    ),
+}  # fmt: skip
+
+
+def view_sql(name: str, dialect: str) -> str:
+    """The SELECT behind view ``name`` for ``dialect`` (``postgresql`` or ``sqlite``)."""
+    if dialect not in _FRAGMENTS:
+        raise ValueError(f"the ledger's views support postgresql and sqlite, not {dialect!r}")
+    frag = _FRAGMENTS[dialect]
+    per_delivery = _EVENTS_PER_DELIVERY.format(**frag)
+    return _VIEWS[name].format(events_per_delivery=per_delivery, **frag)
+
+
+def create_views(conn: Connection) -> None:
+    for name in VIEW_NAMES:
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {view_sql(name, conn.dialect.name)}")
+
+
+def drop_views(conn: Connection) -> None:
+    for name in reversed(VIEW_NAMES):
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
