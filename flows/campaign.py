@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -23,7 +24,7 @@ from tasks.dedupe import dedupe_task
 from tasks.ingest import ingest_task
 from tasks.plan import plan_task
 from tasks.render import check_templates_task
-from tasks.resume import reopen_task
+from tasks.resume import reopen_task, run_planned_task
 from tasks.send import ChunkResult, check_transport_task, send_chunk_task
 from tasks.summary import RunSummary, summary_task
 from tasks.validate import validate_task
@@ -51,8 +52,11 @@ def send_campaign(
     logger = get_run_logger()
     settings = Settings()
     database_url = database_url or settings.ledger_url()
-    run_id = run_id or str(uuid.uuid4())
+    # A run's id is the flow run's id unless given: a Prefect retry of this flow run finds its
+    # run already planned and resumes it instead of planning (and sending) a second time.
+    run_id = run_id or flow_run.get_id() or str(uuid.uuid4())
     target = _target(settings, dry_run, smtp_block, smtp_url, outbox_dir, run_id)
+    resume = resume or run_planned_task(database_url, run_id)
 
     if resume:
         reopen_task(database_url, run_id, resend_unknown=resend_unknown, retry_failed=retry_failed)

@@ -3,6 +3,7 @@ request), and the run picks up exactly the rows that are not final."""
 
 from __future__ import annotations
 
+from mailcast.errors import RunNotFoundError
 from mailcast.ledger.models import FAILED, UNKNOWN, utcnow
 from mailcast.ledger.store import Ledger
 from tasks._prefect import task
@@ -28,3 +29,16 @@ def reopen_task(
     return reopen_run(
         Ledger(database_url), run_id, resend_unknown=resend_unknown, retry_failed=retry_failed
     )
+
+
+def run_planned(ledger: Ledger, run_id: str) -> bool:
+    """Has this run been planned already (its rows written)?"""
+    try:
+        return ledger.run(run_id).status != "planning"
+    except RunNotFoundError:
+        return False
+
+
+@task(name="run-planned")
+def run_planned_task(database_url: str, run_id: str) -> bool:
+    return run_planned(Ledger(database_url), run_id)

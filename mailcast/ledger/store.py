@@ -181,6 +181,9 @@ class Ledger:
     ) -> str:
         run_id = run_id or str(uuid.uuid4())
         with self.engine.begin() as conn:
+            status = conn.execute(select(R.c.status).where(R.c.id == run_id)).scalar()
+            if status == "planning":  # an earlier attempt died before its plan committed
+                return run_id
             cid = conn.execute(select(C.c.id).where(C.c.name == campaign)).scalar()
             if cid is None:
                 cid = conn.execute(
