@@ -155,3 +155,16 @@ def test_outdated_schema_is_refused_with_a_hint(tmp_path) -> None:
     with pytest.raises(SchemaOutdatedError) as exc:
         Ledger(url)
     assert "mailcast db upgrade" in exc.value.hint
+
+
+def test_planning_again_after_a_crash_reuses_the_run(db_url: str) -> None:
+    from tasks.resume import run_planned
+
+    ledger = Ledger(db_url)
+    run_id = ledger.create_run("c3", {}, dry_run=True, transport=None)
+    assert not run_planned(ledger, run_id)  # created, but the plan never committed
+    assert ledger.create_run("c3", {}, dry_run=True, transport=None, run_id=run_id) == run_id
+    ledger.plan(run_id, _recipients(3))
+    ledger.set_run(run_id, status="sending")
+    assert run_planned(ledger, run_id)  # a Prefect retry of the flow resumes it
+    assert not run_planned(ledger, "no-such-run")
