@@ -25,7 +25,7 @@ from tasks.ingest import ingest_task
 from tasks.plan import plan_task
 from tasks.render import check_templates_task
 from tasks.resume import reopen_task, run_planned_task
-from tasks.send import ChunkResult, check_transport_task, send_chunk_task
+from tasks.send import ChunkResult, check_message_task, check_transport_task, send_chunk_task
 from tasks.summary import RunSummary, summary_task
 from tasks.validate import validate_task
 
@@ -63,8 +63,9 @@ def send_campaign(
     else:
         table = ingest_task(spec.recipients, spec.base_dir)
         check_templates_task(spec, table.columns)
+        check_message_task(spec)  # sender, attachments: refused before the run is planned
         table = validate_task(
-            quote(table), spec.recipients.required, None, spec.check_deliverability
+            quote(table), spec.recipients.required_columns, None, spec.check_deliverability
         )
         table = dedupe_task(quote(table))
         if not target.dry_run:

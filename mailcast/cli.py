@@ -103,7 +103,7 @@ def prepare(spec_path: Path) -> tuple[Any, Any, Any]:
     table = dedupe_recipients(
         validate_recipients(
             table,
-            required=spec.recipients.required,
+            required=spec.recipients.required_columns,
             check_deliverability=spec.check_deliverability,
         )
     )

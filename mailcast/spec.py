@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class RecipientSource(BaseModel):
     sheet: str | None = Field(default=None, description="Excel sheet name (default: the first)")
     delimiter: str | None = Field(default=None, description="CSV delimiter (default: sniffed)")
     encoding: str | None = Field(default=None, description="File encoding (default: sniffed)")
-    required: list[str] = Field(
+    required_columns: list[str] = Field(
         default_factory=list, description="Columns that must be non-empty for a row to be sent"
     )
 
@@ -70,9 +71,45 @@ class CampaignSpec(BaseModel):
         default=None, gt=0, description="Messages per second across the run (default: unlimited)"
     )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Tries per message on 4xx")
+    retry_base_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="First retry delay after a 4xx or a lost connection; doubles per attempt",
+    )
+    max_retry_seconds: float = Field(
+        default=600,
+        ge=0,
+        description="Most time a run spends waiting to retry (backoffs, slow-down replies, an "
+        "unreachable server); after that 4xx are final and an unreachable server pauses it",
+    )
+    pause_after_failures: int = Field(
+        default=50,
+        ge=0,
+        description="Pause the run after this many recipients in a row failed (0: never)",
+    )
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     check_deliverability: bool = Field(
         default=False, description="Look up the domain's MX records while validating (needs DNS)"
+    )
+    tracking_base_url: str | None = Field(
+        default=None,
+        description="Public base URL of the tracking service (`mailcast serve`), e.g. "
+        "https://t.acme.example; without it there is no open/click tracking and no "
+        "List-Unsubscribe link",
+    )
+    track_opens: bool = Field(default=True, description="Add the open pixel to HTML bodies")
+    track_clicks: bool = Field(
+        default=True, description="Rewrite the links of HTML bodies to count clicks"
+    )
+    bounce_domain: str | None = Field(
+        default=None,
+        description="Domain of the VERP return path bounces+TOKEN@DOMAIN (its mail must reach "
+        "the bounce mailbox); default: bounces go to the sender",
+    )
+    unsubscribe_mailto: str | None = Field(
+        default=None,
+        description="Also offer unsubscribing by mail to this address (List-Unsubscribe mailto:)",
     )
 
     @field_validator("headers")
@@ -94,6 +131,51 @@ class CampaignSpec(BaseModel):
         if not self.html and not self.text:
             raise ValueError("give at least one of `html` or `text`")
         return self
+
+    @field_validator("tracking_base_url")
+    @classmethod
+    def _tracking_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if (
+            scheme.lower() not in ("http", "https")
+            or not sep
+            or not rest
+            or rest.startswith("/")
+            or any(c <= " " or c in '<>"\\^`{|}' or ord(c) > 126 for c in value)
+            or "?" in value
+            or "#" in value
+        ):
+            raise ValueError(
+                f"{value!r} is not a base URL like https://t.example.com (http or https, no"
+                " spaces, query or fragment)"
+            )
+        return value
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().lower()
+        if not re.fullmatch(
+            r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+",
+            value,
+        ):
+            raise ValueError(f"{value!r} is not a domain name like bounces.acme.example")
+        return value
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _unsubscribe_mailto(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().removeprefix("mailto:")
+        if not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", value):
+            raise ValueError(f"{value!r} is not a plain address like unsubscribe@acme.example")
+        return value
 
     def resolve(self, relative: str) -> Path:
         """A path from the spec, resolved against the spec's folder."""

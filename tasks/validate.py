@@ -133,8 +133,8 @@ def validate_recipients(
         raise SpecError(
             f"required column(s) {', '.join(repr(n) for n in unknown)} not in the recipient "
             f"data; columns found: {columns}",
-            where="recipients.required",
-            hint="`required:` must list columns of the recipient data",
+            where="recipients.required_columns",
+            hint="`required_columns:` must list columns of the recipient data",
         )
     check = _Validator(check_deliverability).check
     cache: dict[str, _Checked] = {}

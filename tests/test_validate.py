@@ -104,7 +104,7 @@ def test_required_fields() -> None:
 def test_required_column_that_does_not_exist() -> None:
     with pytest.raises(SpecError) as info:
         validate_recipients(table_of("a@example.com"), required=["phone"])
-    assert info.value.where == "recipients.required"
+    assert info.value.where == "recipients.required_columns"
     assert "'phone'" in str(info.value) and "'email'" in str(info.value)
 
 
