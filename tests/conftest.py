@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,24 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("MAILCAST_") and key != "MAILCAST_TEST_PG":
             monkeypatch.delenv(key)
     monkeypatch.setenv("MAILCAST_DATA_DIR", str(tmp_path / "data"))
+
+
+# -- the figures slow end-to-end tests print (chaos counts, soak counts) appear in CI's log ----
+
+_figures: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and "slow" in report.keywords:
+        text = report.capstdout.strip()
+        if text:
+            _figures.append((report.nodeid, text))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _figures:
+        terminalreporter.section("figures printed by slow tests")
+        for nodeid, text in _figures:
+            terminalreporter.write_line(nodeid)
+            for line in text.splitlines():
+                terminalreporter.write_line(f"  {line}")
