@@ -182,7 +182,12 @@ def test_sql_source_from_postgres(tmp_path: Path, smtp_server: Any, pg_url: str)
         tmp_path,
         spec_extra={"recipients": {"sql": {"url": pg_url, "query": "SELECT * FROM crm_people WHERE code < 'C000030' ORDER BY code"}}},
     )  # fmt: skip
-    summary = run(spec, pg_url, dry_run=False, smtp_url=smtp_server.url)
+    try:
+        summary = run(spec, pg_url, dry_run=False, smtp_url=smtp_server.url)
+    finally:
+        with engine.begin() as conn:  # leave the shared test database as the ledger's own
+            conn.execute(text("DROP TABLE crm_people"))
+        engine.dispose()
     assert summary.counts["sent"] == 30
     msg = parse(smtp_server.messages[0].data)
     assert msg.get_content_type() == "multipart/mixed"
