@@ -14,9 +14,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from mailcast.errors import MailcastError
 from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec
 from mailcast.transport.target import Target
@@ -27,6 +29,7 @@ from tasks.render import check_templates_task
 from tasks.resume import reopen_task, run_planned_task
 from tasks.send import ChunkResult, check_message_task, check_transport_task, send_chunk_task
 from tasks.summary import RunSummary, summary_task
+from tasks.tracking import after_send_task, check_tracking_task, suppression_task
 from tasks.validate import validate_task
 
 
@@ -49,6 +52,30 @@ def send_campaign(
     retry_failed: bool = False,
 ) -> RunSummary:
     """Send a campaign (or, with ``resume``, continue run ``run_id``)."""
+    try:
+        return _send_campaign(
+            spec, dry_run, smtp_block, smtp_url, database_url, outbox_dir, run_id, resume,
+            resend_unknown, retry_failed,
+        )  # fmt: skip
+    except MailcastError as exc:
+        # The user's to fix (a paused run, credentials, TLS...): the flow run fails with the
+        # one-line message instead of logging a traceback; a caller still gets it raised, and
+        # the CLI prints it with its hint.
+        return Failed(message=str(exc), data=exc)  # type: ignore[return-value]
+
+
+def _send_campaign(
+    spec: CampaignSpec,
+    dry_run: bool,
+    smtp_block: str | None,
+    smtp_url: str | None,
+    database_url: str | None,
+    outbox_dir: str | None,
+    run_id: str | None,
+    resume: bool,
+    resend_unknown: bool,
+    retry_failed: bool,
+) -> RunSummary:
     logger = get_run_logger()
     settings = Settings()
     database_url = database_url or settings.ledger_url()
@@ -64,8 +91,13 @@ def send_campaign(
         table = ingest_task(spec.recipients, spec.base_dir)
         check_templates_task(spec, table.columns)
         check_message_task(spec)  # sender, attachments: refused before the run is planned
+        check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
+        suppressed = suppression_task(database_url)  # the ledger's: every campaign skips them
         table = validate_task(
-            quote(table), spec.recipients.required_columns, None, spec.check_deliverability
+            quote(table),
+            spec.recipients.required_columns,
+            quote(suppressed),
+            spec.check_deliverability,
         )
         table = dedupe_task(quote(table))
         if not target.dry_run:
@@ -85,6 +117,7 @@ def send_campaign(
     for result in results:
         total.add(result)
     logger.info("sent %d, failed %d, retried %d", total.sent, total.failed, total.retried)
+    after_send_task(database_url, run_id)  # SMTP-time hard bounces → events; figures artifact
     summary: RunSummary = summary_task(database_url, run_id)
     print(summary.markdown())
     if errors:

@@ -109,8 +109,18 @@ class SmtpReplyError(TransportError):
 
 
 class ConnectionLost(SmtpReplyError):
-    def __init__(self, text: str = "connection lost", *, where: str | None = None) -> None:
+    """``maybe_delivered``: the whole message was sent and only the server's reply to it is
+    missing (a drop or a timeout then): the server may have accepted it."""
+
+    def __init__(
+        self,
+        text: str = "connection lost",
+        *,
+        where: str | None = None,
+        maybe_delivered: bool = False,
+    ) -> None:
         super().__init__(0, text, where=where, stage="connection")
+        self.maybe_delivered = maybe_delivered
 
     @property
     def permanent(self) -> bool:

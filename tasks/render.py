@@ -18,12 +18,23 @@ is also reachable as ``recipient["First Name"]``):
 ``message_id``       the message's Message-ID (may be "")
 
 The HTML body is autoescaped; the subject, text body and headers are not (they are not HTML).
+
+Rendering is bounded: every loop iteration and every call counts against a budget (at most
+``_MAX_STEPS`` of them and ``_MAX_RENDER_SECONDS`` per template per recipient), the output may
+not grow past ``_MAX_OUTPUT`` characters, and the operations that build large strings in one
+step (``*``, ``+``, ``~``, ``%``, padding, ``join``, ``replace``, format widths, ``lipsum``) are
+refused beyond ``_MAX_SEQUENCE``. A template that goes past a bound fails with a TemplateError
+naming it and the line.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import re
+import string
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +63,157 @@ BUILTIN_NAMES: tuple[str, ...] = (
 _FILENAME_PREFIX = "<mailcast-template:"  # code-object file name: finds a template's frame
 _MAX_SEQUENCE = 1_000_000  # "x" * n in a template may not build anything longer than this
 _MAX_EXPONENT = 1_000
+_MAX_OUTPUT = 20_000_000  # characters one template may render (a message is at most 10 MB)
+_MAX_STEPS = 1_000_000  # loop iterations + calls per template per recipient
+_MAX_RENDER_SECONDS = 2.0  # per template per recipient
+_BIG_WIDTH = re.compile(r"\d{7,}")  # a format width/precision of a million or more
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+class _Budget(threading.local):
+    """The current render's budget (one render at a time per thread)."""
+
+    deadline = math.inf
+    steps = 0
+
+
+_budget = _Budget()
+
+
+def _tick() -> None:
+    """One loop iteration or call of a template: within the step and time budget?"""
+    budget = _budget
+    budget.steps += 1
+    if budget.steps > _MAX_STEPS:
+        raise SecurityError(
+            f"the template takes more than {_MAX_STEPS:,} loop iterations and calls to render"
+        )
+    if time.monotonic() > budget.deadline:
+        raise SecurityError(f"the template takes more than {_MAX_RENDER_SECONDS:g}s to render")
+
+
+def _guarded_iter(iterable: Iterable[Any]) -> Iterable[Any]:
+    """What every ``{% for %}`` iterates over: the loop's items, counted against the budget."""
+    for item in iterable:
+        _tick()
+        yield item
+
+
+def _capped(value: Any) -> Any:
+    """The result of ``a ~ b``: refused when too long (a doubling loop stops here)."""
+    if isinstance(value, str) and len(value) > _MAX_OUTPUT:
+        raise SecurityError("a string built by the template is too long")
+    return value
+
+
+def _too_long(n: int) -> None:
+    if n > _MAX_SEQUENCE:
+        raise SecurityError(f"the template would build a string of {n:,} characters")
+
+
+def _check_percent(fmt: str, args: Any) -> None:
+    """``fmt % args``: no width or precision of a million or more (also through ``*``)."""
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for group in match.groups():
+            if group and group != "*" and len(group) > 6:
+                _too_long(int(group))
+        if "*" in match.group(0):
+            values = args if isinstance(args, tuple) else (args,)
+            for value in values:
+                if isinstance(value, int):
+                    _too_long(abs(value))
+
+
+def _check_format(fmt: str) -> None:
+    """``fmt.format(...)``: no width or precision of a million or more."""
+    try:
+        for _literal, _field, spec, _conversion in string.Formatter().parse(fmt):
+            if spec and _BIG_WIDTH.search(spec):
+                raise SecurityError("a format width in the template is too large")
+    except ValueError:
+        return  # str.format raises its own error
+
+
+def _check_str_call(target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse the str method calls that would build a very long string in one step."""
+    values = list(args) + list(kwargs.values())
+    if name in ("ljust", "rjust", "center", "zfill") and values and isinstance(values[0], int):
+        _too_long(values[0])
+    elif name == "expandtabs" and values and isinstance(values[0], int):
+        _too_long(len(target) + target.count("\t") * max(values[0], 0))
+    elif name == "replace" and len(values) >= 2:
+        old, new = values[0], values[1]
+        if isinstance(old, str) and isinstance(new, str):
+            count = target.count(old) if old else len(target) + 1
+            _too_long(len(target) + count * max(len(new) - len(old), 0))
+    elif name in ("format", "format_map"):
+        _check_format(target)
+
+
+def _str_method(value: Any) -> Any:
+    """A str method that can build a large string, wrapped to check its arguments first."""
+    name = getattr(value, "__name__", "")
+    if name not in ("ljust", "rjust", "center", "zfill", "expandtabs", "replace", "join",
+                    "format", "format_map"):  # fmt: skip
+        return value
+    bound = getattr(value, "__wrapped__", value)  # the sandbox wraps str.format already
+    target = getattr(bound, "__self__", None)
+    if not isinstance(target, str):
+        return value
+
+    if name == "join":
+
+        def join(items: Iterable[Any]) -> Any:
+            items = list(items)
+            size = sum(len(i) for i in items if isinstance(i, str))
+            _too_long(size + len(target) * max(len(items) - 1, 0))
+            return value(items)
+
+        return join
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_str_call(target, name, args, kwargs)
+        return value(*args, **kwargs)
+
+    return guarded
+
+
+def _bounded_filters(filters: dict[str, Callable[..., Any]]) -> None:
+    """Wrap the built-in filters that can build a large string in one step."""
+    center, indent, join, replace, format_ = (
+        filters["center"], filters["indent"], filters["join"], filters["replace"],
+        filters["format"],
+    )  # fmt: skip
+
+    def do_center(value: Any, width: int = 80) -> Any:
+        _too_long(width if isinstance(width, int) else 0)
+        return center(value, width)
+
+    def do_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> Any:
+        size = width if isinstance(width, int) else len(str(width))
+        _too_long(len(str(s)) + size * (str(s).count("\n") + 1))
+        return indent(s, width, first, blank)
+
+    def do_join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = None) -> Any:
+        items = list(value)
+        _too_long(len(str(d)) * max(len(items) - 1, 0))
+        return join(eval_ctx, items, d, attribute)
+
+    def do_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_str_call(str(s), "replace", (str(old), str(new)), {})
+        return replace(eval_ctx, s, old, new, count)
+
+    def do_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_percent(str(value), tuple(args) or kwargs)
+        return format_(value, *args, **kwargs)
+
+    for name, wrapper in (("center", do_center), ("indent", do_indent), ("join", do_join),
+                          ("replace", do_replace), ("format", do_format)):  # fmt: skip
+        original = filters[name]
+        for attr in ("jinja_pass_arg",):  # pass_eval_context and friends
+            if hasattr(original, attr):
+                setattr(wrapper, attr, getattr(original, attr))
+        filters[name] = wrapper
 
 
 def is_template(value: str) -> bool:
@@ -81,10 +243,11 @@ class Rendered:
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, plus a cap on ``*`` and ``**`` so a template cannot exhaust
-    memory with ``"x" * 10**12``."""
+    """The immutable sandbox, plus bounds on what one render may cost (see the module doc):
+    caps on ``*``, ``**``, ``+`` and ``%``, on the str methods and filters that build long
+    strings, and a step and time budget checked at every call and loop iteration."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "**":
@@ -100,15 +263,80 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 ):
                     raise SecurityError("repetition is too large for a template")
             return operator.mul(left, right)
+        if operator_ == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                return _capped(operator.add(left, right))
+            return operator.add(left, right)
+        if operator_ == "%":
+            if isinstance(left, str):
+                _check_percent(left, right)
+            return operator.mod(left, right)
         return super().call_binop(context, operator_, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        return _str_method(super().getattr(obj, attribute))
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        return _str_method(super().getitem(obj, argument))
+
+
+def _lipsum(lipsum: Callable[..., str]) -> Callable[..., str]:
+    def bounded(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+        if not all(isinstance(v, int) and abs(v) <= 1000 for v in (n, min, max)):
+            raise SecurityError("lipsum() takes numbers up to 1000 in a template")
+        return lipsum(n, html, min, max)
+
+    return bounded
 
 
 def _make_env(*, autoescape: bool) -> _Sandbox:
-    return _Sandbox(
+    env = _Sandbox(
         undefined=StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
         loader=None,
+    )
+    _bounded_filters(env.filters)
+    env.globals["lipsum"] = _lipsum(env.globals["lipsum"])  # type: ignore[arg-type]
+    env.globals[_LOOP_GUARD] = _guarded_iter
+    env.globals[_CAP] = _capped
+    return env
+
+
+_LOOP_GUARD = "_mailcast_loop"
+_CAP = "_mailcast_cap"
+
+
+def _guard(ast: nodes.Template) -> None:
+    """Route every ``{% for %}`` through the loop guard and every ``~`` through the length
+    cap (after the template was checked, before it is compiled)."""
+    for loop in ast.find_all(nodes.For):
+        loop.iter = nodes.Call(
+            nodes.Name(_LOOP_GUARD, "load", lineno=loop.lineno),
+            [loop.iter],
+            [],
+            None,
+            None,
+            lineno=loop.lineno,
+        )
+    for parent in list(ast.find_all(nodes.Node)):
+        for name in parent.fields:
+            value = getattr(parent, name, None)
+            if isinstance(value, nodes.Concat):
+                setattr(parent, name, _cap_call(value))
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, nodes.Concat):
+                        value[i] = _cap_call(item)
+
+
+def _cap_call(node: nodes.Concat) -> nodes.Call:
+    return nodes.Call(
+        nodes.Name(_CAP, "load", lineno=node.lineno), [node], [], None, None, lineno=node.lineno
     )
 
 
@@ -256,6 +484,7 @@ class CampaignTemplates:
                 " identifiers, or one of: " + ", ".join(BUILTIN_NAMES),
             )
 
+        _guard(ast)
         try:
             code = env.compile(ast, name=name, filename=filename)
         except TemplateSyntaxError as exc:
@@ -302,7 +531,7 @@ class CampaignTemplates:
 
     def _run(self, part: _Part, ctx: dict[str, Any], row: int) -> str:
         try:
-            return part.template.render(ctx)
+            return _render_bounded(part.template, ctx)
         except Exception as exc:
             line = _error_line(exc, part.filename)
             where = f"{part.name}:{line}" if line is not None else part.name
@@ -334,6 +563,27 @@ class CampaignTemplates:
         else:
             to_name = None
         return Rendered(to_name=to_name, subject=subject, html=html, text=text, headers=headers)
+
+
+def _render_bounded(template: Template, ctx: dict[str, Any]) -> str:
+    """``template.render(ctx)`` within the step, time and output budget."""
+    _budget.steps = 0
+    _budget.deadline = time.monotonic() + _MAX_RENDER_SECONDS
+    pieces: list[str] = []
+    size = 0
+    try:
+        for piece in template.root_render_func(template.new_context(ctx)):
+            size += len(piece)
+            if size > _MAX_OUTPUT:
+                raise SecurityError(f"the template renders more than {_MAX_OUTPUT:,} characters")
+            pieces.append(piece)
+            _tick()
+        return template.environment.concat(pieces)  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        template.environment.handle_exception()  # re-raises with the template's line numbers
+        raise  # pragma: no cover - handle_exception always raises
+    finally:
+        _budget.deadline = math.inf
 
 
 def _display_name(value: Any) -> str | None:

@@ -18,6 +18,7 @@ class RunSummary:
     reasons: list[tuple[str, str, int]] = field(default_factory=list)
     transport: str | None = None
     ledger: str = ""
+    note: str | None = None  # why a paused run stopped
 
     @property
     def total(self) -> int:
@@ -30,6 +31,10 @@ class RunSummary:
             "",
             f"**{self.status}**, {mode} via {self.transport}; ledger: `{self.ledger}`",
             "",
+        ]
+        if self.note:
+            lines += [f"Stopped: {self.note}. `mailcast resume {self.run_id}` continues it.", ""]
+        lines += [
             "| status | recipients |",
             "|---|---:|",
         ]
@@ -52,6 +57,7 @@ def summarize_run(ledger: Ledger, run_id: str) -> RunSummary:
         reasons=ledger.reasons(run.id),
         transport=run.transport,
         ledger=ledger.where,
+        note=run.note if run.status == "paused" else None,
     )
 
 

@@ -13,6 +13,8 @@ Rules are checked in order at each *stage* of the conversation; the first one th
         messages_per_connection=10,                                  # then 421 and close
         advertise_starttls=True,                                     # ...and refuse it with 454
     )
+    server.outage(10)         # down (port closed) for 10 s, then back on the same port
+    server.add(*chaos_rules(random.Random(7), rate=0.05, timeout=1.0))  # random faults
 
 Stages: CONNECT (before the greeting), EHLO, STARTTLS, AUTH, MAIL (address = the sender),
 RCPT (address = the recipient), DATA_CMD (the DATA command, before 354), DATA (after the message
@@ -29,7 +31,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import random
 import ssl
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,10 +229,23 @@ class FaultyServer(CaptureServer):
         self._stage_counts: Counter[str] = Counter()
         self._attempts: Counter[tuple[str, str]] = Counter()
 
-    def add(self, rule: Rule) -> Rule:
+    def add(self, *rules: Rule) -> None:
         with self._lock:
-            self.rules.append(rule)
-        return rule
+            self.rules.extend(rules)
+
+    def outage(self, seconds: float) -> threading.Thread:
+        """Go down now (the listening port closes, open connections drop) and come back on the
+        same port after ``seconds``, from a background thread (so a rule's ``when`` may call
+        it). Returns the thread; ``join`` it to wait until the server is back."""
+
+        def down_and_up() -> None:
+            self.stop()
+            time.sleep(seconds)
+            self.start()
+
+        thread = threading.Thread(target=down_and_up, name="smtp-outage", daemon=True)
+        thread.start()
+        return thread
 
     def attempts(self, stage: str, address: str | None = None) -> int:
         """How often the stage was reached (for ``address``: with that address)."""
@@ -253,6 +271,55 @@ class FaultyServer(CaptureServer):
                     rule.fired += 1
                     return rule
         return None
+
+
+def chaos_rules(rng: random.Random, *, rate: float, timeout: float) -> list[Rule]:
+    """Rules that inject every per-message and per-connection fault at random, each with
+    probability ``rate`` where it can happen: 421 on connect; 421/451/452/454 on MAIL, RCPT and
+    DATA; 550/553/554 permanent rejections (decided once per address, so a rejected address
+    stays rejected); a drop in the middle of DATA; a reply that never comes (longer than the
+    client's ``timeout``, then a drop). ``rng`` is seeded by the caller; rules share it under a
+    lock. Authentication and TLS failures are left out: they stop a run by design."""
+    lock = threading.Lock()
+    permanent: dict[str, str | None] = {}
+
+    def chance(_event: Event) -> bool:
+        with lock:
+            return rng.random() < rate
+
+    def rejected(reply: str, stage: str) -> Callable[[Event], bool]:
+        def check(event: Event) -> bool:
+            with lock:
+                for address in event.addresses:
+                    key = address.lower()
+                    if key not in permanent:
+                        # each address draws once: 5% of addresses are rejected, at one stage
+                        permanent[key] = (
+                            rng.choice(("RCPT550", "RCPT553", "DATA554"))
+                            if (rng.random() < rate)
+                            else None
+                        )
+                    if permanent[key] == f"{stage}{reply[:3]}":
+                        return True
+            return False
+
+        return check
+
+    rules = [Rule("CONNECT", reply="421 4.3.2 Too busy, try again later", when=chance)]
+    stages: tuple[Stage, ...] = ("MAIL", "RCPT", "DATA")
+    for stage in stages:
+        for code, text in ((421, "4.7.0 Slow down"), (451, "4.3.0 Try again later"),
+                           (452, "4.3.1 Insufficient system storage"),
+                           (454, "4.7.0 Temporary failure")):  # fmt: skip
+            rules.append(Rule(stage, reply=f"{code} {text}", when=chance))
+    rules += [
+        Rule("RCPT", reply="550 5.1.1 No such user", when=rejected("550", "RCPT")),
+        Rule("RCPT", reply="553 5.1.3 Bad recipient address syntax", when=rejected("553", "RCPT")),
+        Rule("DATA", reply="554 5.7.1 Message refused", when=rejected("554", "DATA")),
+        Rule("DATA", drop=True, when=chance),
+        Rule("DATA", delay=timeout * 1.5, drop=True, when=chance),
+    ]
+    return rules
 
 
 def self_signed_context(folder: Path, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, Path]:

@@ -52,6 +52,7 @@ _URL_HINT = (
 )
 _SECURITY_HINT = "check `security`: ssl for port 465, starttls for 587, none only for local relays"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_DOT_LINE = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 
 
 def _redact_url(url: str) -> str:
@@ -442,7 +443,8 @@ class SmtpTransport:
 
         Raises ``SmtpReplyError`` (``.code``, ``.stage`` MAIL/RCPT/DATA) when the server refuses
         this message, ``ConnectionLost`` when the connection dropped before the reply to DATA
-        (the next call reconnects), and ``ConnectError`` (also for a "421 busy" greeting),
+        (the next call reconnects; ``.maybe_delivered`` when the whole message was out and only
+        the reply to it is missing: the server may have accepted it), and ``ConnectError`` (also for a "421 busy" greeting),
         ``TlsError`` or ``AuthError`` from (re)connecting.
         """
         if message.count(b"\n") != message.count(b"\r\n"):  # SMTP needs CRLF line ends
@@ -477,6 +479,7 @@ class SmtpTransport:
             options.append("BODY=8BITMIME")
 
         stage = "MAIL"
+        transmitted = False
         try:
             code, resp = smtp.mail(sender, options)
             if code != 250:
@@ -486,10 +489,14 @@ class SmtpTransport:
             if code not in (250, 251):
                 self._refused(smtp, code, resp, stage)
             stage = "DATA"
-            try:
-                code, resp = smtp.data(message)
-            except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-                self._refused(smtp, exc.smtp_code, exc.smtp_error, stage)
+            # smtplib.SMTP.data, step by step, to know when the whole message is out
+            code, resp = smtp.docmd("DATA")
+            if code != 354:  # the DATA command itself was refused
+                self._refused(smtp, code, resp, stage)
+            data = _DOT_LINE.sub(b"..", message)
+            smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+            transmitted = True
+            code, resp = smtp.getreply()
             if not 200 <= code < 300:
                 self._refused(smtp, code, resp, stage, rset=False)
         except OSError as exc:  # SMTPServerDisconnected, reset, broken pipe, timeout
@@ -499,7 +506,9 @@ class SmtpTransport:
                 raise _StaleConnection from exc
             detail = "timed out" if timed_out else str(exc) or type(exc).__name__
             raise ConnectionLost(
-                f"connection lost during {stage}: {detail}", where=self.where
+                f"connection lost during {stage}: {detail}",
+                where=self.where,
+                maybe_delivered=transmitted,  # the reply to the final "." never came
             ) from None
         self._sent_on_connection += 1
         return Reply(code, _text(resp))
