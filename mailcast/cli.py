@@ -87,9 +87,11 @@ def open_ledger(settings: Settings, *, create: bool = True) -> Any:
 # -- validate / preview -------------------------------------------------------------------------
 
 
-def prepare(spec_path: Path) -> tuple[Any, Any, Any]:
-    """Load the spec, read and check recipients and templates: no Prefect, no network."""
+def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
+    """Load the spec, read and check recipients and templates: no Prefect, no network. Addresses
+    on the ledger's suppression list are skipped (``suppressed:<reason>``)."""
     from mailcast.spec import load_spec
+    from mailcast.tracking.suppression import suppressed_for
     from tasks.dedupe import dedupe_recipients
     from tasks.ingest import read_recipients
     from tasks.message import MessageBuilder
@@ -104,6 +106,7 @@ def prepare(spec_path: Path) -> tuple[Any, Any, Any]:
         validate_recipients(
             table,
             required=spec.recipients.required_columns,
+            suppressed=suppressed_for(settings_for(db).ledger_url()),
             check_deliverability=spec.check_deliverability,
         )
     )
@@ -125,6 +128,7 @@ def validate(
         f"({len(table.columns)} columns); templates ok: {', '.join(templates.names)}"
     )
     out.print(f"  to send: [green]{len(table.valid)}[/]   rejected: [yellow]{len(rejected)}[/]")
+    out.print(f"  {tracking_line(campaign)}")
     if rejected:
         grid = Table("row", "address", "reason", box=None, pad_edge=False)
         for r in rejected[:show]:
@@ -275,7 +279,8 @@ def send(
 ) -> None:
     """Send a campaign (a dry run unless --send)."""
     settings = settings_for(db)
-    campaign, table, _ = prepare(spec)  # refuse bad templates/attachments before Prefect starts
+    campaign, table, _ = prepare(spec, db)  # refuse bad templates/attachments before Prefect
+    out.print(tracking_line(campaign, check_secret=True))
     params = smtp_params(smtp, smtp_block, settings)
     if really_send and not (params["smtp_url"] or params["smtp_block"]):
         raise SpecError(
@@ -382,12 +387,19 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="csv, json, xlsx or parquet")] = "csv",
     out_file: Annotated[Path | None, typer.Option("--out", help="Output file")] = None,
     db: DbOpt = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the engagement report page (charts) to this file"),
+    ] = None,
 ) -> None:
-    """Export a run's per-recipient ledger."""
+    """Export a run's per-recipient ledger (or, with --html, its engagement report page)."""
     from tasks.report import export_report
 
     settings = settings_for(db)
     open_ledger(settings)  # a clear error for a missing or outdated ledger
+    if html_out is not None:
+        write_html_report(settings, run_id, html_out)
+        return
     target, n = export_report(
         settings.ledger_url(), run_id, fmt, str(out_file) if out_file else None
     )
@@ -451,6 +463,153 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new camp
     out.print(
         f"wrote an example campaign to {directory}/ — next: mailcast validate {directory}/campaign.yaml"
     )
+
+
+# -- tracking: the service, the suppression list, the report page --------------------------------
+
+
+def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
+    """Whether the campaign is tracked (and, before a send, that the tracking secret is set)."""
+    from mailcast.tracking.links import describe
+
+    needs_secret = spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto
+    if check_secret and needs_secret:
+        from mailcast.tracking.tokens import load_secret
+
+        if not os.environ.get("MAILCAST_TRACKING_SECRET_BLOCK"):  # a block needs Prefect
+            load_secret()
+    return describe(spec)
+
+
+def write_html_report(settings: Settings, run_id: str, path: Path) -> None:
+    from mailcast.tracking.report_page import write_html_report as write
+
+    write(settings.ledger_url(), run_id, path)
+    out.print(f"wrote the report page to {path}")
+
+
+@app.command()
+@guarded
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8025,
+    db: DbOpt = None,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Trust X-Forwarded-* from --forwarded-allow-ips (behind a proxy)")
+    ] = True,
+    forwarded_allow_ips: Annotated[
+        str, typer.Option(help="Proxies whose X-Forwarded-* headers are trusted")
+    ] = "127.0.0.1",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the tracking service (open pixel, click redirects, one-click unsubscribe) with uvicorn.
+
+    Needs MAILCAST_TRACKING_SECRET (or MAILCAST_TRACKING_SECRET_BLOCK), the same as the
+    sending worker's, and the ledger (--db / MAILCAST_DATABASE_URL). Put it behind a reverse
+    proxy that terminates TLS at the campaign's tracking_base_url (README)."""
+    import uvicorn
+
+    from mailcast.tracking.app import create_app
+
+    application = create_app(settings_for(db).ledger_url())
+    err.print(
+        f"tracking service on http://{host}:{port} (ledger: {application.state.service.ledger.where})"
+    )
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        log_level=log_level,
+        server_header=False,
+    )
+
+
+suppress_app = typer.Typer(
+    help="The suppression list: addresses never sent to.", no_args_is_help=True
+)
+app.add_typer(suppress_app, name="suppress")
+ReasonOpt = Annotated[str, typer.Option(help="unsubscribed, hard_bounce, complaint or manual")]
+
+
+@suppress_app.command("add")
+@guarded
+def suppress_add(
+    addresses: Annotated[list[str], typer.Argument(help="Addresses to suppress")],
+    reason: ReasonOpt = "manual",
+    db: DbOpt = None,
+) -> None:
+    """Suppress addresses in every campaign."""
+    from mailcast.tracking import suppression
+
+    ledger = open_ledger(settings_for(db))
+    try:
+        n = suppression.add(ledger.engine, addresses, reason, source="cli")
+    except ValueError as exc:
+        raise SpecError(str(exc), where="address", hint="give valid email addresses") from None
+    out.print(f"suppressed {n} new address(es) ({len(addresses) - n} already on the list)")
+
+
+@suppress_app.command("remove")
+@guarded
+def suppress_remove(
+    addresses: Annotated[list[str], typer.Argument(help="Addresses to take off the list")],
+    db: DbOpt = None,
+) -> None:
+    """Take addresses off the suppression list (they can be sent to again)."""
+    from mailcast.tracking import suppression
+
+    ledger = open_ledger(settings_for(db))
+    n = suppression.remove(ledger.engine, addresses)
+    out.print(f"removed {n} address(es) from the suppression list")
+
+
+@suppress_app.command("list")
+@guarded
+def suppress_list(
+    reason: Annotated[str | None, typer.Option(help="Only this reason")] = None,
+    limit: Annotated[int, typer.Option(help="How many (newest first; 0: all)")] = 100,
+    db: DbOpt = None,
+) -> None:
+    """List suppressed addresses, newest first."""
+    from mailcast.tracking import suppression
+
+    ledger = open_ledger(settings_for(db))
+    rows = suppression.entries(ledger.engine, reason=reason, limit=limit or None)
+    grid = Table("address", "reason", "source", "since", box=None, pad_edge=False)
+    for e in rows:
+        grid.add_row(
+            e.address_key, e.reason, e.source or "", e.created_at.strftime("%Y-%m-%d %H:%M")
+        )
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)
+    (out if out.is_terminal else wide).print(grid)
+    counts = suppression.counts(ledger.engine)
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    out.print(f"[dim]{total} suppressed ({detail or 'none'}); ledger: {ledger.where}[/]")
+
+
+@suppress_app.command("import")
+@guarded
+def suppress_import(
+    file: Annotated[Path, typer.Argument(help="One address a line, or a CSV with an email column")],
+    reason: ReasonOpt = "manual",
+    db: DbOpt = None,
+) -> None:
+    """Suppress every address of a file (a CSV `reason` column overrides --reason)."""
+    from mailcast.tracking import suppression
+
+    ledger = open_ledger(settings_for(db))
+    result = suppression.import_file(ledger.engine, file, reason=reason)
+    out.print(
+        f"read {result.read}: suppressed {result.added} new, {result.already} already on the"
+        f" list, {len(result.invalid)} invalid"
+    )
+    for line, address, why in result.invalid[:20]:
+        out.print(f"  line {line}: {address}: {why}")
+    if len(result.invalid) > 20:
+        out.print(f"  … and {len(result.invalid) - 20} more")
 
 
 def main() -> None:

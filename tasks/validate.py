@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from email_validator import EmailNotValidError, validate_email
@@ -121,8 +121,10 @@ def validate_recipients(
 
     Sets ``address`` to email-validator's normalized form and ``key`` to that lower-cased, or
     ``reason`` to ``missing address`` / ``invalid address: ...`` / ``missing field: a, b`` /
-    ``suppressed``. ``required`` names columns that must be non-empty (a name that is not a
-    column raises SpecError); ``suppressed`` holds lower-cased addresses never to send to.
+    ``suppressed`` (``suppressed:<reason>`` when ``suppressed`` maps each key to its reason, as
+    the ledger's suppression list does). ``required`` names columns that must be non-empty (a
+    name that is not a column raises SpecError); ``suppressed`` holds lower-cased addresses never
+    to send to.
     Results are cached per lower-cased address within one call (reused for the same spelling;
     another letter case is answered by the per-domain fast path).
     """
@@ -164,7 +166,8 @@ def validate_recipients(
                     r.reason = f"missing field: {', '.join(missing)}"
                     continue
             if key in suppressed:
-                r.reason = "suppressed"
+                why = suppressed[key] if isinstance(suppressed, Mapping) else None
+                r.reason = f"suppressed:{why}" if why else "suppressed"
     return table
 
 

@@ -131,3 +131,74 @@ class Event(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- engagement tracking, suppression and bounces (migration 0003) --------------------------------
+
+# Why an address is on the suppression list (`suppressions.reason`).
+UNSUBSCRIBED, HARD_BOUNCE, SUPPRESSED_COMPLAINT, MANUAL = (
+    "unsubscribed", "hard_bounce", "complaint", "manual",
+)  # fmt: skip
+SUPPRESSION_REASONS = (UNSUBSCRIBED, HARD_BOUNCE, SUPPRESSED_COMPLAINT, MANUAL)
+
+
+class Suppression(Base):
+    """An address never to send to again, whatever a campaign's recipient data says."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        CheckConstraint(
+            "reason IN (" + ", ".join(f"'{r}'" for r in SUPPRESSION_REASONS) + ")",
+            name="ck_suppressions_reason",
+        ),
+        UniqueConstraint("address_key", name="uq_suppressions_address_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The normalized, lower-cased address (what `deliveries.address_key` holds).
+    address_key: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(20))
+    # Where it came from: "one-click", "unsubscribe page", "dsn", "smtp", "import FILE", "cli"...
+    source: Mapped[str | None] = mapped_column(String(200))
+    delivery_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("deliveries.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Link(Base):
+    """A link of a run's HTML messages, rewritten to the tracking service's ``/c/`` address.
+    Click redirects go to ``url`` as stored here, never to anything taken from the request."""
+
+    __tablename__ = "links"
+    __table_args__ = (UniqueConstraint("run_id", "url_hash", name="uq_links_run_url"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # 1-based, in the message where first seen
+    url: Mapped[str] = mapped_column(Text)
+    url_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of url (unique per run)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InboundMessage(Base):
+    """A message read from the bounce mailbox (a DSN, a complaint report, anything else), so
+    that each is counted once even when moving it out of the inbox failed."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        UniqueConstraint("message_key", name="uq_inbound_messages_key"),
+        Index("ix_inbound_messages_delivery_id", "delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The message's Message-ID, or "sha256:<hex>" of its bytes when it has none.
+    message_key: Mapped[str] = mapped_column(String(400))
+    mailbox: Mapped[str] = mapped_column(String(500))
+    # hard, soft, complaint, deferral, unsubscribe, or ignored (not a bounce / no delivery)
+    outcome: Mapped[str] = mapped_column(String(20))
+    delivery_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("deliveries.id", ondelete="SET NULL")
+    )
+    detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

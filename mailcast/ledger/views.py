@@ -1,4 +1,5 @@
-"""The ledger's SQL views for analysts: ``campaign_summary`` and ``delivery_facts``.
+"""The ledger's SQL views for analysts: ``campaign_summary``, ``delivery_facts``,
+``campaign_totals`` and ``link_clicks``.
 
 This module holds the *current* definitions (the ones the head migration creates; a test checks
 that they match). Each migration that creates or changes a view keeps its own frozen copy of the
@@ -20,18 +21,28 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-VIEW_NAMES = ("campaign_summary", "delivery_facts")
+# In creation order (campaign_totals reads campaign_summary); dropped in reverse.
+VIEW_NAMES = ("campaign_summary", "delivery_facts", "campaign_totals", "link_clicks")
 
 # Per-dialect fragments. sent_day is the UTC calendar day (SQLite stores UTC timestamps as text).
 _FRAGMENTS: dict[str, dict[str, str]] = {
     "postgresql": {
         "sent_day": "CAST(d.sent_at AT TIME ZONE 'UTC' AS DATE)",
         "bounce_type": "ev.detail ->> 'type'",
+        "link_id": (
+            "CASE WHEN jsonb_typeof(ev.detail -> 'link_id') = 'number'"
+            " THEN CAST(CAST(ev.detail ->> 'link_id' AS NUMERIC) AS BIGINT) END"
+        ),
     },
     "sqlite": {
         "sent_day": "date(d.sent_at)",
         "bounce_type": (
             "CASE WHEN json_valid(ev.detail) THEN json_extract(ev.detail, '$.type') END"
+        ),
+        "link_id": (
+            "CASE WHEN json_valid(ev.detail) AND json_type(ev.detail, '$.link_id')"
+            " IN ('integer', 'real') THEN CAST(json_extract(ev.detail, '$.link_id') AS INTEGER)"
+            " END"
         ),
     },
 }
@@ -79,7 +90,17 @@ SELECT
         AS click_to_open_rate,
     CAST(COALESCE(es.bounces, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0) AS bounce_rate,
     CAST(COALESCE(es.unsubscribes, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent, 0)
-        AS unsubscribe_rate
+        AS unsubscribe_rate,
+    COALESCE(ds.sent, 0) - COALESCE(es.sent_bounced, 0) AS delivered,
+    COALESCE(es.bounces, 0) - COALESCE(es.hard_bounces, 0) AS soft_bounces,
+    CAST(COALESCE(ds.sent, 0) - COALESCE(es.sent_bounced, 0) AS DOUBLE PRECISION)
+        / NULLIF(ds.sent + ds.failed, 0) AS delivered_rate,
+    CAST(COALESCE(es.hard_bounces, 0) AS DOUBLE PRECISION) / NULLIF(ds.sent + ds.failed, 0)
+        AS hard_bounce_rate,
+    CAST(COALESCE(es.bounces, 0) - COALESCE(es.hard_bounces, 0) AS DOUBLE PRECISION)
+        / NULLIF(ds.sent + ds.failed, 0) AS soft_bounce_rate,
+    CAST(COALESCE(es.complaints, 0) AS DOUBLE PRECISION)
+        / NULLIF(COALESCE(ds.sent, 0) - COALESCE(es.sent_bounced, 0), 0) AS complaint_rate
 FROM runs r
 JOIN campaigns c ON c.id = r.campaign_id
 LEFT JOIN (
@@ -104,9 +125,11 @@ LEFT JOIN (
         SUM(pd.bounced) AS bounces,
         SUM(pd.hard_bounced) AS hard_bounces,
         SUM(pd.unsubscribed) AS unsubscribes,
-        SUM(pd.complained) AS complaints
+        SUM(pd.complained) AS complaints,
+        SUM(CASE WHEN pd.bounced = 1 AND dd.status = 'sent' THEN 1 ELSE 0 END) AS sent_bounced
     FROM ({events_per_delivery}
     ) pd
+    JOIN deliveries dd ON dd.id = pd.delivery_id
     GROUP BY pd.run_id
 ) es ON es.run_id = r.id
 """
@@ -143,7 +166,88 @@ LEFT JOIN ({events_per_delivery}
 ) pd ON pd.delivery_id = d.id AND pd.run_id = d.run_id
 """
 
-_VIEWS = {"campaign_summary": _CAMPAIGN_SUMMARY, "delivery_facts": _DELIVERY_FACTS}
+
+def _total(column: str) -> str:
+    return f"CAST(SUM(s.{column}) AS BIGINT) AS {column}"
+
+
+def _ratio(name: str, num: str, den: str) -> str:
+    return (
+        f"CAST(SUM({num}) AS DOUBLE PRECISION)"
+        f" / NULLIF(CAST(SUM({den}) AS DOUBLE PRECISION), 0) AS {name}"
+    )
+
+
+# Per campaign (and dry_run): the runs' counts summed, rates recomputed from the sums.
+_CAMPAIGN_TOTALS = (
+    """
+SELECT
+    s.campaign AS campaign,
+    s.dry_run AS dry_run,
+    COUNT(*) AS runs,
+    MIN(s.created_at) AS first_run_at,
+    MAX(s.created_at) AS last_run_at,
+    """
+    + ",\n    ".join(
+        _total(c)
+        for c in (
+            "recipients", "sent", "failed", "delivered", "bounces", "hard_bounces",
+            "soft_bounces", "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes",
+            "complaints",
+        )
+    )
+    + ",\n    "
+    + ",\n    ".join(
+        (
+            _ratio("delivery_rate", "s.sent", "s.sent + s.failed"),
+            _ratio("delivered_rate", "s.delivered", "s.sent + s.failed"),
+            _ratio("open_rate", "s.unique_opens", "s.sent"),
+            _ratio("click_rate", "s.unique_clicks", "s.sent"),
+            _ratio("click_to_open_rate", "s.unique_clicks", "s.unique_opens"),
+            _ratio("bounce_rate", "s.bounces", "s.sent"),
+            _ratio("hard_bounce_rate", "s.hard_bounces", "s.sent + s.failed"),
+            _ratio("soft_bounce_rate", "s.soft_bounces", "s.sent + s.failed"),
+            _ratio("unsubscribe_rate", "s.unsubscribes", "s.sent"),
+            _ratio("complaint_rate", "s.complaints", "s.delivered"),
+        )
+    )
+    + """
+FROM campaign_summary s
+GROUP BY s.campaign, s.dry_run
+"""
+)  # fmt: skip
+
+# One row per tracked link of a run: its clicks (a click event's detail names its link_id).
+_LINK_CLICKS = """
+SELECT
+    l.id AS link_id,
+    l.run_id AS run_id,
+    c.name AS campaign,
+    l.position AS position,
+    l.url AS url,
+    COALESCE(k.clicks, 0) AS clicks,
+    COALESCE(k.unique_clicks, 0) AS unique_clicks
+FROM links l
+JOIN runs r ON r.id = l.run_id
+JOIN campaigns c ON c.id = r.campaign_id
+LEFT JOIN (
+    SELECT
+        ev.run_id AS run_id,
+        {link_id} AS link_id,
+        COUNT(*) AS clicks,
+        COUNT(DISTINCT ev.delivery_id) AS unique_clicks
+    FROM events ev
+    WHERE ev.kind = 'click'
+    GROUP BY ev.run_id, {link_id}
+) k ON k.link_id = l.id AND k.run_id = l.run_id
+"""
+
+_VIEWS = {
+    "campaign_summary": _CAMPAIGN_SUMMARY,
+    "delivery_facts": _DELIVERY_FACTS,
+    "campaign_totals": _CAMPAIGN_TOTALS,
+    "link_clicks": _LINK_CLICKS,
+}
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "campaign_summary": (
@@ -151,13 +255,25 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "failed", "skipped", "unknown", "pending", "opens", "unique_opens", "clicks",
         "unique_clicks", "bounces", "hard_bounces", "unsubscribes", "complaints",
         "delivery_rate", "open_rate", "click_rate", "click_to_open_rate", "bounce_rate",
-        "unsubscribe_rate",
+        "unsubscribe_rate", "delivered", "soft_bounces", "delivered_rate", "hard_bounce_rate",
+        "soft_bounce_rate", "complaint_rate",
     ),
     "delivery_facts": (
         "delivery_id", "run_id", "campaign", "run_created_at", "dry_run", "row_no", "address",
         "address_key", "status", "reason", "attempts", "smtp_code", "message_id", "sent_at",
         "sent_day", "opens", "clicks", "opened", "clicked", "bounced", "hard_bounced",
         "unsubscribed", "complained",
+    ),
+    "campaign_totals": (
+        "campaign", "dry_run", "runs", "first_run_at", "last_run_at", "recipients", "sent",
+        "failed", "delivered", "bounces", "hard_bounces", "soft_bounces", "opens",
+        "unique_opens", "clicks", "unique_clicks", "unsubscribes", "complaints",
+        "delivery_rate", "delivered_rate", "open_rate", "click_rate", "click_to_open_rate",
+        "bounce_rate", "hard_bounce_rate", "soft_bounce_rate", "unsubscribe_rate",
+        "complaint_rate",
+    ),
+    "link_clicks": (
+        "link_id", "run_id", "campaign", "position", "url", "clicks", "unique_clicks",
     ),
 }  # fmt: skip
 

@@ -1,0 +1,152 @@
+"""Opaque, signed tracking tokens.
+
+A token names one delivery (``deliveries.id``), what it is for (open, click, unsubscribe, the
+VERP return path of a bounce) and, for a click, the link (``links.id``). It holds no address.
+Layout before encoding::
+
+    version (1 byte) | kind (1 byte) | delivery id (8 bytes) | link id (8 bytes, clicks only)
+    | HMAC-SHA256(secret, "mailcast-tracking" | the bytes before)[:16]
+
+encoded as lower-case base32 without padding (case-insensitive, so a mail system that lower-cases
+a VERP local part does not break it; only ``a-z2-7``, safe in URLs and in a local part). Any
+change to a byte, a missing or extra character, another kind or another secret makes
+:func:`verify` return None: a forged, altered or truncated token never names a delivery.
+
+The secret comes from ``MAILCAST_TRACKING_SECRET`` or from the Prefect Secret block named in
+``MAILCAST_TRACKING_SECRET_BLOCK``; the sending flow and ``mailcast serve`` must use the same one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+
+from mailcast.errors import MailcastError
+
+VERSION = 1
+OPEN, CLICK, UNSUBSCRIBE, BOUNCE = "open", "click", "unsubscribe", "bounce"
+_KIND_BYTES = {OPEN: b"o", CLICK: b"c", UNSUBSCRIBE: b"u", BOUNCE: b"b"}
+_KINDS = {v[0]: k for k, v in _KIND_BYTES.items()}
+_DOMAIN = b"mailcast-tracking\x00"
+MAC_BYTES = 16
+MIN_SECRET_BYTES = 16
+ENV_SECRET = "MAILCAST_TRACKING_SECRET"
+ENV_SECRET_BLOCK = "MAILCAST_TRACKING_SECRET_BLOCK"
+
+
+class TrackingError(MailcastError):
+    default_hint = (
+        "set MAILCAST_TRACKING_SECRET (at least 16 characters, e.g. `python -c 'import secrets;"
+        " print(secrets.token_urlsafe(32))'`) or MAILCAST_TRACKING_SECRET_BLOCK (a Prefect Secret"
+        " block), the same for the sending worker and `mailcast serve`"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str
+    delivery_id: int
+    link_id: int | None = None
+
+
+def _check_secret(secret: bytes, where: str) -> bytes:
+    if len(secret) < MIN_SECRET_BYTES:
+        raise TrackingError(
+            f"the tracking secret is {len(secret)} bytes long; at least {MIN_SECRET_BYTES} needed",
+            where=where,
+        )
+    return secret
+
+
+def load_secret(secret: str | bytes | None = None, *, block: str | None = None) -> bytes:
+    """The signing secret: ``secret`` if given, else MAILCAST_TRACKING_SECRET, else the Prefect
+    Secret block ``block`` (or MAILCAST_TRACKING_SECRET_BLOCK). Prefect is imported only for a
+    block. Raises TrackingError when there is none or it is too short."""
+    if secret:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        return _check_secret(raw, "tracking secret")
+    env = os.environ.get(ENV_SECRET)
+    if env:
+        return _check_secret(env.encode(), ENV_SECRET)
+    block = block or os.environ.get(ENV_SECRET_BLOCK)
+    if block:
+        try:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(block).get()  # type: ignore[union-attr]
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot load the Prefect Secret block: {type(exc).__name__}: {exc}",
+                where=f"secret block {block!r}",
+            ) from None
+        return _check_secret(str(value).encode(), f"secret block {block!r}")
+    raise TrackingError("no tracking secret", where=ENV_SECRET)
+
+
+def _mac(secret: bytes, body: bytes) -> bytes:
+    return hmac.new(secret, _DOMAIN + body, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def make(secret: bytes, kind: str, delivery_id: int, link_id: int | None = None) -> str:
+    """A token for ``kind`` (open, click, unsubscribe, bounce) of ``delivery_id``; a click
+    token also names ``link_id``."""
+    if (kind == CLICK) != (link_id is not None):
+        raise ValueError("a click token needs a link id, and only a click token has one")
+    body = bytes((VERSION,)) + _KIND_BYTES[kind] + struct.pack(">Q", delivery_id)
+    if link_id is not None:
+        body += struct.pack(">Q", link_id)
+    raw = body + _mac(secret, body)
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def verify(secret: bytes, token: str, kind: str | None = None) -> Token | None:
+    """The token's content when it is genuine (and of ``kind``, when given); else None."""
+    if not token or len(token) > 80 or not token.isascii():
+        return None
+    text = token.upper()
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) not in (2 + 8 + MAC_BYTES, 2 + 16 + MAC_BYTES):
+        return None
+    body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(secret, body)):
+        return None
+    # A genuine token re-encodes to itself: no second spelling of the same bytes is accepted.
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != text:
+        return None
+    if body[0] != VERSION or body[1] not in _KINDS:
+        return None
+    found = _KINDS[body[1]]
+    if kind is not None and found != kind:
+        return None
+    (delivery_id,) = struct.unpack(">Q", body[2:10])
+    link_id = struct.unpack(">Q", body[10:18])[0] if len(body) == 18 else None
+    if (found == CLICK) != (link_id is not None):
+        return None
+    return Token(found, delivery_id, link_id)
+
+
+def verp_address(secret: bytes, delivery_id: int, domain: str) -> str:
+    """The VERP return path ``bounces+TOKEN@domain`` of a delivery."""
+    return f"bounces+{make(secret, BOUNCE, delivery_id)}@{domain}"
+
+
+__all__ = [
+    "BOUNCE",
+    "CLICK",
+    "OPEN",
+    "UNSUBSCRIBE",
+    "Token",
+    "TrackingError",
+    "load_secret",
+    "make",
+    "verify",
+    "verp_address",
+]
