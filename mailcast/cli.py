@@ -260,9 +260,29 @@ def show_summary(ledger: Any, run_id: str) -> None:
 
 def smtp_params(smtp: str | None, smtp_block: str | None, settings: Settings) -> dict[str, Any]:
     return {
-        "smtp_url": smtp or settings.smtp_url,
+        "smtp_url": without_password(smtp or settings.smtp_url),
         "smtp_block": smtp_block or settings.smtp_block,
     }
+
+
+def without_password(url: str | None) -> str | None:
+    """A password in --smtp would travel as a flow parameter (and be stored by Prefect): move it
+    into MAILCAST_SMTP_PASSWORD for this process, where the transport looks it up."""
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    user = quote(unquote(parts.username), safe="") if parts.username else ""
+    netloc = f"{user}@{host}" if user else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @app.command()

@@ -63,8 +63,8 @@ log = logging.getLogger("mailcast.send")
 
 Compose = Callable[[Claim], tuple[str, bytes]]
 
-TARGET_BATCH_SECONDS = 0.25
-MAX_BATCH = 200
+TARGET_BATCH_SECONDS = 0.1
+MAX_BATCH = 50
 THROTTLE_CODES = frozenset({421, 451, 454})  # "slow down": the whole run backs off
 MAX_BACKOFF_DOUBLINGS = 6  # a backoff grows to at most 64 × the base
 

@@ -112,7 +112,8 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
     assert {a for a, r in final.items() if r["status"] == "sent"} == everyone - unknown
     assert set(captured) - unknown == everyone - unknown
     assert ledger.run(run.id).status == "completed"
-    assert "unknown" in result.output  # the summary reports them
+    if in_flight:
+        assert "unknown" in result.output  # the summary reports them
 
 
 @pytest.mark.slow

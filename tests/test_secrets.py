@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,15 @@ def test_repr_of_everything_holding_the_password(monkeypatch: pytest.MonkeyPatch
     values: list[Any] = [target, config, transport, target.model_dump(), target.describe()]
     assert config.password is not None and config.password.get_secret_value() == PASSWORD
     assert_nowhere(PASSWORD, [repr(v) for v in values] + [str(v) for v in values])
+
+
+def test_a_password_in_the_smtp_url_never_becomes_a_flow_parameter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailcast.cli import without_password
+
+    monkeypatch.delenv("MAILCAST_SMTP_PASSWORD", raising=False)
+    url = without_password("smtp://news:s3cr%40t@127.0.0.1:2525?security=none")
+    assert url == "smtp://news@127.0.0.1:2525?security=none"
+    assert os.environ["MAILCAST_SMTP_PASSWORD"] == "s3cr@t"
+    assert without_password("smtp://127.0.0.1:25") == "smtp://127.0.0.1:25"

@@ -114,6 +114,13 @@ def suppressed_for(database_url: str) -> dict[str, str]:
         path = url.database
         if not path or path == ":memory:" or not Path(path).exists():
             return {}
+    from mailcast.ledger.schema import current_revision, get_engine
+
+    try:
+        if current_revision(get_engine(database_url)) is None:
+            return {}  # an empty database: nothing suppressed yet, and nothing created here
+    except Exception:
+        pass  # unreachable or broken: Ledger() below says so, with the URL
     return suppressed(Ledger(database_url, create=False).engine)
 
 
