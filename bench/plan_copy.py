@@ -6,6 +6,8 @@ SQLAlchemy executemany, measured in the same run.
 
 Prints rows/s for each method, the ratio of COPY to the row-by-row baseline (medians), and the
 wall time to plan --rows recipients with COPY (target: under 30 s for 1,000,000).
+(``python -m bench --only plan-copy`` runs the same measurement, each repetition in its own
+process.)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import statistics
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy import create_engine, insert, text
 
@@ -63,6 +66,38 @@ def time_executemany(ledger: Ledger, rows: list[Recipient]) -> float:
     return time.perf_counter() - t
 
 
+def measure(pg: str, *, rows: int, baseline_rows: int, repeat: int) -> dict[str, Any]:
+    """Rates (rows/s, medians of ``repeat``) of each method on ``baseline_rows`` rows, and the
+    median time to plan ``rows`` recipients with COPY; in a fresh database, dropped after."""
+    name = f"mailcast_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = pg.rsplit("/", 1)[0] + "/" + name
+    try:
+        ledger = Ledger(url)
+        small = recipients(baseline_rows)
+        big = recipients(rows)
+        rates: dict[str, list[float]] = {"row-by-row INSERT": [], "executemany": [], "COPY": []}
+        big_times: list[float] = []
+        for _ in range(repeat):
+            rates["row-by-row INSERT"].append(len(small) / time_row_by_row(ledger, small))
+            rates["executemany"].append(len(small) / time_executemany(ledger, small))
+            rates["COPY"].append(len(small) / time_copy(ledger, small))
+            big_times.append(time_copy(ledger, big))
+        ledger.engine.dispose()
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return {
+        "rows": rows,
+        "seconds": statistics.median(big_times),
+        "baseline_rows": baseline_rows,
+        "rates": {method: statistics.median(values) for method, values in rates.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -70,39 +105,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-
-    name = f"mailcast_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = args.pg.rsplit("/", 1)[0] + "/" + name
-    try:
-        ledger = Ledger(url)
-        small = recipients(args.baseline_rows)
-        big = recipients(args.rows)
-        rates: dict[str, list[float]] = {"row-by-row INSERT": [], "executemany": [], "COPY": []}
-        big_times: list[float] = []
-        for _ in range(args.repeat):
-            rates["row-by-row INSERT"].append(len(small) / time_row_by_row(ledger, small))
-            rates["executemany"].append(len(small) / time_executemany(ledger, small))
-            rates["COPY"].append(len(small) / time_copy(ledger, small))
-            big_times.append(time_copy(ledger, big))
-        base = statistics.median(rates["row-by-row INSERT"])
-        print(f"planning into Postgres, {args.baseline_rows:,} rows, median of {args.repeat}")
-        print(f"{'method':22} {'rows/s':>12} {'× row-by-row':>14}")
-        for method, values in rates.items():
-            med = statistics.median(values)
-            print(f"{method:22} {med:12,.0f} {med / base:14.1f}")
-        med_big = statistics.median(big_times)
-        print(
-            f"COPY of {args.rows:,} recipients: median {med_big:.1f} s "
-            f"({args.rows / med_big:,.0f} rows/s; target < 30 s: {'met' if med_big < 30 else 'NOT met'})"
-        )
-        ledger.engine.dispose()
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    result = measure(args.pg, rows=args.rows, baseline_rows=args.baseline_rows, repeat=args.repeat)
+    base = result["rates"]["row-by-row INSERT"]
+    print(f"planning into Postgres, {args.baseline_rows:,} rows, median of {args.repeat}")
+    print(f"{'method':22} {'rows/s':>12} {'× row-by-row':>14}")
+    for method, med in result["rates"].items():
+        print(f"{method:22} {med:12,.0f} {med / base:14.1f}")
+    med_big = result["seconds"]
+    print(
+        f"COPY of {args.rows:,} recipients: median {med_big:.1f} s "
+        f"({args.rows / med_big:,.0f} rows/s; target < 30 s: {'met' if med_big < 30 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

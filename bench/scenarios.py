@@ -1,27 +1,39 @@
-"""Benchmark scenarios. Each runs in its own process (``python -m bench.scenarios NAME ...``) so
-its peak RSS is its own, and prints one JSON line: {"messages", "seconds", "rss_mb", ...}."""
+"""Benchmark scenarios. ``python -m bench`` runs each repetition of each scenario in its own
+process (``python -m bench.scenarios NAME ... --out FILE``), so that its peak memory is its own;
+the result is one JSON object written to ``--out`` (``{"messages", "seconds", ...}``).
+
+Every scenario uses the same deterministic recipient data (:func:`write_recipients`) and the same
+templates: a personalized subject, a ~2 KB HTML body and a text body.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import re
 import resource
+import shutil
 import smtplib
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 HTML = (
-    "<html><body><h1>Hello {{ first_name }} {{ last_name }}</h1>"
-    + "<p>Spring is here, {{ first_name }}: our picks for {{ city }} are in.</p>" * 24
-    + "</body></html>"
+    "<html><body>\n<h1>Hello {{ first_name }} {{ last_name }}</h1>\n"
+    + "<p>Spring is here, {{ first_name }}: our picks for {{ city }} are in.</p>\n" * 24
+    + "</body></html>\n"
 )
 TEXT = "Hello {{ first_name }},\n" + "Spring is here: our picks for {{ city }} are in.\n" * 30
+SUBJECT = "{{ first_name }}, our spring picks for {{ city }}"
+SENDER = "Bench <bench@mailcast.example>"
 
 
 def peak_rss_mb() -> float:
@@ -46,17 +58,36 @@ def write_recipients(path: Path, n: int) -> None:
             w.writerow([email, f"First{i}", f"Last{i}", ("Paris", "Zürich", "Lagos")[i % 3]])
 
 
+def ensure_recipients(path: Path, n: int) -> Path:
+    """:func:`write_recipients`, skipped when ``path`` already holds the same n rows (a marker
+    file next to it says so): the 1,000,000-row file is written once per work folder."""
+    marker = path.with_name(path.name + ".rows")
+    if path.exists() and marker.exists() and marker.read_text() == str(n):
+        return path
+    write_recipients(path, n)
+    marker.write_text(str(n))
+    return path
+
+
+def valid_recipients(n: int) -> int:
+    """How many of :func:`write_recipients`'s n rows mailcast sends to (not invalid, not a
+    duplicate)."""
+    invalid = sum(1 for i in range(n) if i % 50 == 49)
+    dupes = sum(1 for i in range(n) if i % 100 == 98 and i % 50 != 49)
+    return n - invalid - dupes
+
+
 def campaign(folder: Path, n: int, **extra: Any) -> Path:
     import yaml
 
-    write_recipients(folder / "data" / "recipients.csv", n)
+    ensure_recipients(folder / "data" / "recipients.csv", n)
     (folder / "templates").mkdir(parents=True, exist_ok=True)
     (folder / "templates" / "body.html.j2").write_text(HTML, encoding="utf-8")
     (folder / "templates" / "body.txt.j2").write_text(TEXT, encoding="utf-8")
     spec = {
         "name": f"bench-{n}",
-        "sender": "Bench <bench@mailcast.example>",
-        "subject": "{{ first_name }}, our spring picks for {{ city }}",
+        "sender": SENDER,
+        "subject": SUBJECT,
         "html": "templates/body.html.j2",
         "text": "templates/body.txt.j2",
         "recipients": {"path": "data/recipients.csv"},
@@ -69,12 +100,17 @@ def campaign(folder: Path, n: int, **extra: Any) -> Path:
 
 def prebuilt_message() -> bytes:
     msg = EmailMessage()
-    msg["From"] = "Bench <bench@mailcast.example>"
+    msg["From"] = SENDER
     msg["To"] = "user@example.com"
     msg["Subject"] = "Hello"
     msg.set_content(TEXT)
     msg.add_alternative(HTML, subtype="html")
-    return msg.as_bytes()
+    # CRLF line ends, as on the wire (smtplib sends bytes unchanged; smtp-sink would accept bare
+    # LFs, a strict server reads the whole message as one over-long line)
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+# -- baselines -----------------------------------------------------------------------------------
 
 
 def raw(port: int, n: int) -> dict[str, Any]:
@@ -84,60 +120,171 @@ def raw(port: int, n: int) -> dict[str, Any]:
     with smtplib.SMTP("127.0.0.1", port) as s:
         for i in range(n):
             s.sendmail("bench@mailcast.example", [f"user{i}@example.com"], data)
+    return {"messages": n, "seconds": time.perf_counter() - t, "message_bytes": len(data)}
+
+
+def threads(port: int, n: int, connections: int) -> dict[str, Any]:
+    """The slow-server reference: ``connections`` threads, each with one blocking smtplib
+    connection, sending n pre-built messages between them."""
+    import threading
+
+    data = prebuilt_message()
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+                for i in range(k, n, connections):
+                    s.sendmail("bench@mailcast.example", [f"user{i}@example.com"], data)
+        except BaseException as exc:  # reported in the result, not lost in a thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(connections)]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {connections} connections failed: {errors[0]!r}")
     return {"messages": n, "seconds": time.perf_counter() - t}
 
 
-def naive(port: int, n: int) -> dict[str, Any]:
-    """How simple mail-merge tools do it: an EmailMessage per recipient (Jinja2 render, both
-    bodies) and a new connection per message."""
+def naive(port: int, n: int, workdir: Path) -> dict[str, Any]:
+    """How simple mail-merge tools do it: read the CSV, then per row an EmailMessage (Jinja2
+    render of subject and both bodies) and a new connection per message."""
     from jinja2 import Environment
 
+    path = ensure_recipients(workdir / "data" / f"recipients-{n}.csv", n)
     env = Environment(autoescape=False)
-    subject, html, text = (env.from_string(s) for s in ("{{ first_name }}, hello", HTML, TEXT))
+    subject, html, text = (env.from_string(s) for s in (SUBJECT, HTML, TEXT))
+    size = 0
     t = time.perf_counter()
-    for i in range(n):
-        ctx = {"first_name": f"First{i}", "last_name": f"Last{i}", "city": "Paris"}
-        msg = EmailMessage()
-        msg["From"] = "Bench <bench@mailcast.example>"
-        msg["To"] = f"user{i}@example.com"
-        msg["Subject"] = subject.render(ctx)
-        msg.set_content(text.render(ctx))
-        msg.add_alternative(html.render(ctx), subtype="html")
-        with smtplib.SMTP("127.0.0.1", port) as s:
-            s.send_message(msg)
-    return {"messages": n, "seconds": time.perf_counter() - t}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            msg = EmailMessage()
+            msg["From"] = SENDER
+            msg["To"] = row["email"]
+            msg["Subject"] = subject.render(row)
+            msg.set_content(text.render(row))
+            msg.add_alternative(html.render(row), subtype="html")
+            with smtplib.SMTP("127.0.0.1", port) as s:
+                s.send_message(msg)
+            size = size or len(msg.as_bytes())
+    return {"messages": n, "seconds": time.perf_counter() - t, "message_bytes": size}
 
 
-def mailmerge(port: int, n: int, workdir: Path) -> dict[str, Any]:
-    """mailmerge from PyPI (installed on demand) on the same input."""
-    import shutil
-    import subprocess
+MAILMERGE_TEMPLATE = (
+    "TO: {{email}}\nSUBJECT: " + SUBJECT + "\nFROM: " + SENDER + "\n"
+    'MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="b"\n\n'
+    f"--b\nContent-Type: text/plain; charset=utf-8\n\n{TEXT}\n"
+    f"--b\nContent-Type: text/html; charset=utf-8\n\n{HTML}\n--b--\n"
+)
+_SENT_LINE = re.compile(r"^>>> message \d+ sent$", re.M)
 
+
+def _mailmerge_exe() -> str:
     exe = shutil.which("mailmerge") or str(Path(sys.executable).parent / "mailmerge")
     if not Path(exe).exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "mailmerge"], check=True)
+    return exe
+
+
+def _mailmerge_folder(port: int, n: int, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    write_recipients(workdir / "mailmerge_database.csv", n)
-    (workdir / "mailmerge_template.txt").write_text(
-        "TO: {{email}}\nSUBJECT: {{first_name}}, hello\nFROM: Bench <bench@mailcast.example>\n"
-        'MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary="b"\n\n'
-        f"--b\nContent-Type: text/plain; charset=utf-8\n\n{TEXT}\n"
-        f"--b\nContent-Type: text/html; charset=utf-8\n\n{HTML}\n--b--\n",
-        encoding="utf-8",
+    shutil.copyfile(
+        ensure_recipients(workdir.parent / "data" / f"recipients-{n}.csv", n),
+        workdir / "mailmerge_database.csv",
     )
+    (workdir / "mailmerge_template.txt").write_text(MAILMERGE_TEMPLATE, encoding="utf-8")
     (workdir / "mailmerge_server.conf").write_text(
-        f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nsecurity = Never\n"
-        "username = None\nratelimit = 0\n",
+        f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nsecurity = Never\nratelimit = 0\n",
         encoding="utf-8",
     )
-    t = time.perf_counter()
-    subprocess.run(
-        [exe, "--no-dry-run", "--no-limit", "--resume", "1"],
+    return workdir
+
+
+def _run_mailmerge(workdir: Path, n: int) -> None:
+    """Run mailmerge on every row; raise unless it exited 0 and reported each message sent."""
+    proc = subprocess.run(
+        [_mailmerge_exe(), "--no-dry-run", "--no-limit", "--output-format", "raw"],
         cwd=workdir,
-        check=False,
         capture_output=True,
+        text=True,
     )
+    sent = len(_SENT_LINE.findall(proc.stdout))
+    if proc.returncode != 0 or sent != n:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(
+            f"mailmerge exited {proc.returncode} after {sent} of {n} messages: {' / '.join(tail)}"
+        )
+
+
+def mailmerge(port: int, n: int, workdir: Path) -> dict[str, Any]:
+    """mailmerge from PyPI (installed on demand) on the same input (every row: it does not
+    validate or dedupe), checked: exit code 0 and one "sent" line per row."""
+    folder = _mailmerge_folder(port, n, workdir)
+    _mailmerge_exe()
+    t = time.perf_counter()
+    _run_mailmerge(folder, n)
     return {"messages": n, "seconds": time.perf_counter() - t}
+
+
+def mailmerge_check(workdir: Path, n: int = 5) -> dict[str, Any]:
+    """Once per bench: mailmerge against a capturing server really delivers n well-formed,
+    personalized messages (so its timed runs against smtp-sink measure real sending)."""
+    from mailcast.capture import CaptureServer
+
+    with CaptureServer() as server:
+        _run_mailmerge(_mailmerge_folder(server.port, n, workdir), n)
+        got = server.wait_for(n, timeout=10)
+    first = BytesParser(policy=policy.default).parsebytes(got[0].data)
+    html = first.get_body(("html",))
+    ok = (
+        len(got) == n
+        and first["Subject"] == "First0, our spring picks for Paris"
+        and html is not None
+        and "Hello First0 Last0" in html.get_content()  # type: ignore[attr-defined]
+    )
+    if not ok:
+        raise RuntimeError(f"mailmerge check: {len(got)} of {n} captured, first {first['Subject']}")
+    return {"messages": len(got), "seconds": 0.0, "message_bytes": len(got[0].data)}
+
+
+# -- mailcast ------------------------------------------------------------------------------------
+
+
+def mailcast(
+    smtp_url: str, db_url: str, n: int, workdir: Path, spec_extra: dict[str, Any]
+) -> dict[str, Any]:
+    """The real ``send_campaign`` flow on n rows: ingest, validate, dedupe, plan, render, send,
+    ledger. ``seconds`` is the flow call's wall time (Prefect's import and server start are not
+    in it; the orchestrator reads the send phase from the ledger)."""
+    from flows.campaign import send_campaign
+    from mailcast.spec import load_spec
+
+    spec = load_spec(campaign(workdir / f"campaign-{n}", n, **spec_extra))
+    t = time.perf_counter()
+    summary = send_campaign(spec=spec, dry_run=False, smtp_url=smtp_url, database_url=db_url)
+    seconds = time.perf_counter() - t
+    return {
+        "messages": summary.counts.get("sent", 0),
+        "seconds": seconds,
+        "status": summary.status,
+        "counts": {k: v for k, v in summary.counts.items() if v},
+    }
+
+
+def ingest(n: int, workdir: Path) -> dict[str, Any]:
+    from bench.ingest import measure
+
+    return measure(ensure_recipients(workdir / "data" / f"recipients-{n}.csv", n))
+
+
+def plan_copy(pg: str, rows: int, baseline_rows: int) -> dict[str, Any]:
+    from bench.plan_copy import measure
+
+    return measure(pg, rows=rows, baseline_rows=baseline_rows, repeat=1)
 
 
 def median_of(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
@@ -146,21 +293,55 @@ def median_of(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
     return {**runs[0], "seconds": secs, "runs": [round(r["seconds"], 3) for r in runs]}
 
 
+NAMES = [
+    "raw",
+    "threads",
+    "naive",
+    "mailmerge",
+    "mailmerge-check",
+    "mailcast",
+    "ingest",
+    "plan-copy",
+]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("name", choices=["raw", "naive", "mailmerge"])
-    ap.add_argument("--port", type=int, required=True)
+    ap = argparse.ArgumentParser(description="run one benchmark scenario once")
+    ap.add_argument("name", choices=NAMES)
+    ap.add_argument("--port", type=int, default=0, help="SMTP port (raw, naive, mailmerge)")
+    ap.add_argument("--smtp", default="", help="SMTP URL (mailcast)")
+    ap.add_argument("--db", default="", help="ledger URL (mailcast)")
+    ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--spec", default="{}", help="JSON: extra campaign spec fields (mailcast)")
     ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=200, help="threads")
+    ap.add_argument("--baseline-rows", type=int, default=20_000, help="plan-copy")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mailcast-bench"))
+    ap.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     args = ap.parse_args()
+    result: dict[str, Any]
     if args.name == "raw":
         result = raw(args.port, args.n)
+    elif args.name == "threads":
+        result = threads(args.port, args.n, args.connections)
     elif args.name == "naive":
-        result = naive(args.port, args.n)
-    else:
+        result = naive(args.port, args.n, args.workdir)
+    elif args.name == "mailmerge":
         result = mailmerge(args.port, args.n, args.workdir / "mailmerge")
+    elif args.name == "mailmerge-check":
+        result = mailmerge_check(args.workdir / "mailmerge-check")
+    elif args.name == "mailcast":
+        result = mailcast(args.smtp, args.db, args.n, args.workdir, json.loads(args.spec))
+    elif args.name == "ingest":
+        result = ingest(args.n, args.workdir)
+    else:
+        result = plan_copy(args.pg, args.n, args.baseline_rows)
     result["rss_mb"] = round(peak_rss_mb(), 1)
-    print(json.dumps(result))
+    text = json.dumps(result)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
 
 
 if __name__ == "__main__":
