@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mailcast.recipients import RecipientTable
+from collections.abc import Iterable, Iterator
+
+from mailcast.recipients import Recipient, RecipientTable
 from tasks._prefect import task
 
 
@@ -11,17 +13,24 @@ def dedupe_recipients(table: RecipientTable) -> RecipientTable:
     address set by validate; the lower-cased address if validate did not run). Later rows get
     ``reason = "duplicate of row N"``. Rejected rows are untouched. Mutates and returns ``table``.
     """
-    first: dict[str, int] = {}
-    for r in table.rows:
-        if r.reason is not None:
-            continue
-        key = r.key if r.key is not None else r.address.strip().lower()
-        seen = first.get(key)
-        if seen is None:
-            first[key] = r.row
-        else:
-            r.reason = f"duplicate of row {seen}"
+    for _ in dedupe_rows(table.rows):
+        pass
     return table
+
+
+def dedupe_rows(rows: Iterable[Recipient]) -> Iterator[Recipient]:
+    """``dedupe_recipients`` for a stream of rows: each row marked as it passes. Only the keys
+    seen so far are kept (with the row that had each first)."""
+    first: dict[str, int] = {}
+    for r in rows:
+        if r.reason is None:
+            key = r.key if r.key is not None else r.address.strip().lower()
+            seen = first.get(key)
+            if seen is None:
+                first[key] = r.row
+            else:
+                r.reason = f"duplicate of row {seen}"
+        yield r
 
 
 @task(name="dedupe", retries=0, persist_result=False)

@@ -50,8 +50,52 @@ _ENCODING_HINT = (
 )
 
 
+class RecipientStream:
+    """The rows of a source, read one at a time (what a run of a million rows needs: only the
+    row at hand is in memory). ``columns`` and ``source`` are known once it is open (the header
+    has been read and checked); iterating yields each :class:`Recipient` in order, and raises
+    :class:`SourceError` for a problem found further down the data (a line that cannot be
+    parsed or decoded). Use it as a context manager: leaving closes the file, workbook or
+    database connection."""
+
+    def __init__(
+        self, source: str, columns: list[str], rows: Iterator[Recipient], close: Any = None
+    ) -> None:
+        self.source = source
+        self.columns = columns
+        self._rows = rows
+        self._close = close
+
+    def __iter__(self) -> Iterator[Recipient]:
+        return self._rows
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+    def __enter__(self) -> RecipientStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table(self) -> RecipientTable:
+        """Every remaining row, in memory."""
+        with _gc_paused():
+            return RecipientTable(source=self.source, columns=self.columns, rows=list(self))
+
+
 def read_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientTable:
     """Read every row of ``source``; a relative ``source.path`` resolves against ``base_dir``."""
+    with open_recipients(source, base_dir) as stream:
+        return stream.table()
+
+
+def open_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientStream:
+    """Open ``source`` and read its header; the rows are read as the stream is iterated. A
+    relative ``source.path`` resolves against ``base_dir``. Problems with the source as a whole
+    (no such file, no header, the email column missing) raise here."""
     if source.sql is not None:
         return _read_sql(source)
     if source.path is None:  # pragma: no cover - RecipientSource guarantees one of the two
@@ -292,7 +336,7 @@ def _sniff_delimiter(sample: str, complete: bool, email_column: str) -> str:
     return best
 
 
-def _read_csv(path: Path, source: RecipientSource) -> RecipientTable:
+def _read_csv(path: Path, source: RecipientSource) -> RecipientStream:
     where = str(path)
     with path.open("rb") as raw_file:
         head = raw_file.read(BINARY_PROBE_BYTES)
@@ -301,28 +345,61 @@ def _read_csv(path: Path, source: RecipientSource) -> RecipientTable:
     delimiter = _resolve_delimiter(source)
     if delimiter is None and path.suffix.lower() == ".tsv":
         delimiter = "\t"
+    text_file = path.open("r", encoding=encoding, newline="", errors="strict")
     try:
-        with path.open("r", encoding=encoding, newline="", errors="strict") as text_file:
+        with _decoding(path, encoding, source.encoding):
             if delimiter is None:
                 sample = text_file.read(SNIFF_BYTES)
                 complete = len(sample) < SNIFF_BYTES
                 text_file.seek(0)
                 delimiter = _sniff_delimiter(sample, complete, source.email_column)
-            with _gc_paused():
-                return _parse_csv(text_file, delimiter, source, where)
+            header, rows = _csv_rows(text_file, delimiter, source, where)
+    except BaseException:
+        text_file.close()
+        raise
+
+    def decoded() -> Iterator[Recipient]:
+        with _decoding(path, encoding, source.encoding):
+            yield from rows
+
+    return RecipientStream(where, header, decoded(), text_file.close)
+
+
+@contextmanager
+def _decoding(path: Path, encoding: str, declared: str | None) -> Iterator[None]:
+    """A decoding error while reading the file as the SourceError a user can act on."""
+    try:
+        yield
     except UnicodeDecodeError:
-        raise _decode_error(path, encoding, source.encoding) from None
+        raise _decode_error(path, encoding, declared) from None
     except UnicodeError as exc:  # e.g. a UTF-16 file without a BOM
-        raise SourceError(f"cannot decode as {encoding}: {exc}", where=where) from None
+        raise SourceError(f"cannot decode as {encoding}: {exc}", where=str(path)) from None
 
 
 def _parse_csv(
     lines: Iterable[str], delimiter: str, source: RecipientSource, where: str
 ) -> RecipientTable:
+    header, rows = _csv_rows(lines, delimiter, source, where)
+    with _gc_paused():
+        return RecipientTable(source=where, columns=header, rows=list(rows))
+
+
+def _csv_rows(
+    lines: Iterable[str], delimiter: str, source: RecipientSource, where: str
+) -> tuple[list[str], Iterator[Recipient]]:
+    """Read and check the header now; the rows as they are iterated."""
     reader = csv.reader(lines, delimiter=delimiter, quotechar='"', skipinitialspace=True)
     previous = 0  # reader.line_num after the previous record: a record starts on the next line
     header: list[str] | None = None
     line = 0
+
+    def parse_error(exc: csv.Error) -> SourceError:
+        line = previous + 1
+        hint = None
+        if "field limit" in str(exc):
+            hint = 'a quote (") opened on this line is probably never closed'
+        return SourceError(f"line {line}: cannot parse: {exc}", where=f"{where}:{line}", hint=hint)
+
     try:
         for cells in reader:
             line = previous + 1
@@ -331,46 +408,46 @@ def _parse_csv(
             if any(stripped):
                 header = stripped
                 break
-        if header is None:
-            raise SourceError("no header row (the file holds only blank lines)", where=where)
-        while header and not header[-1]:  # trailing empty cells, e.g. "email,name,,"
-            header.pop()
-        _check_header(header, source, f"{where}:{line}")
-
-        width = len(header)
-        index = header.index(source.email_column)
-        rows: list[Recipient] = []
-        append = rows.append
-        for cells in reader:
-            line = previous + 1
-            previous = reader.line_num
-            values = list(map(str.strip, cells))
-            if not any(values):
-                continue  # blank line (or only delimiters / whitespace)
-            count = len(values)
-            reason = None
-            if count != width:
-                if count < width:
-                    values.extend([""] * (width - count))
-                elif any(values[width:]):
-                    reason = f"row has {count} fields, header has {width}"
-            append(Recipient(line, values[index], dict(zip(header, values, strict=False)), reason))
     except csv.Error as exc:
-        line = previous + 1
-        hint = None
-        if "field limit" in str(exc):
-            hint = 'a quote (") opened on this line is probably never closed'
-        raise SourceError(
-            f"line {line}: cannot parse: {exc}", where=f"{where}:{line}", hint=hint
-        ) from None
-    return RecipientTable(source=where, columns=header, rows=rows)
+        raise parse_error(exc) from None
+    if header is None:
+        raise SourceError("no header row (the file holds only blank lines)", where=where)
+    while header and not header[-1]:  # trailing empty cells, e.g. "email,name,,"
+        header.pop()
+    _check_header(header, source, f"{where}:{line}")
+    columns = header
+
+    def rows() -> Iterator[Recipient]:
+        nonlocal previous
+        width = len(columns)
+        index = columns.index(source.email_column)
+        try:
+            for cells in reader:
+                line = previous + 1
+                previous = reader.line_num
+                values = list(map(str.strip, cells))
+                if not any(values):
+                    continue  # blank line (or only delimiters / whitespace)
+                count = len(values)
+                reason = None
+                if count != width:
+                    if count < width:
+                        values.extend([""] * (width - count))
+                    elif any(values[width:]):
+                        reason = f"row has {count} fields, header has {width}"
+                fields = dict(zip(columns, values, strict=False))
+                yield Recipient(line, values[index], fields, reason)
+        except csv.Error as exc:
+            raise parse_error(exc) from None
+
+    return columns, rows()
 
 
 # --------------------------------------------------------------------------------------------
 # Excel
 
 
-def _read_xlsx(path: Path, source: RecipientSource) -> RecipientTable:
+def _read_xlsx(path: Path, source: RecipientSource) -> RecipientStream:
     where = str(path)
     with path.open("rb") as raw_file:
         head = raw_file.read(8)
@@ -390,6 +467,7 @@ def _read_xlsx(path: Path, source: RecipientSource) -> RecipientTable:
             where=where,
             hint="open it in Excel or LibreOffice and save it again as .xlsx, or export CSV",
         ) from None
+    opened = False
     try:
         if source.sheet is not None:
             if source.sheet not in workbook.sheetnames:
@@ -407,15 +485,26 @@ def _read_xlsx(path: Path, source: RecipientSource) -> RecipientTable:
         if not hasattr(sheet, "iter_rows"):
             raise SourceError(f"sheet {sheet.title!r} is a chart sheet, not a table", where=where)
         where_sheet = f"{where}[{sheet.title}]" if source.sheet else where
-        with _gc_paused():
-            return _parse_sheet(sheet.iter_rows(values_only=True), source, where, where_sheet)
+        columns, rows = _sheet_rows(sheet.iter_rows(values_only=True), source, where, where_sheet)
+        opened = True
+        return RecipientStream(where, columns, rows, workbook.close)
     finally:
-        workbook.close()
+        if not opened:
+            workbook.close()
 
 
 def _parse_sheet(
     sheet_rows: Iterable[Sequence[Any]], source: RecipientSource, where: str, label: str
 ) -> RecipientTable:
+    columns, rows = _sheet_rows(sheet_rows, source, where, label)
+    with _gc_paused():
+        return RecipientTable(source=where, columns=columns, rows=list(rows))
+
+
+def _sheet_rows(
+    sheet_rows: Iterable[Sequence[Any]], source: RecipientSource, where: str, label: str
+) -> tuple[list[str], Iterator[Recipient]]:
+    """Read and check the header row now; the rows as they are iterated."""
     iterator = enumerate(sheet_rows, start=1)
     header: list[str] | None = None
     lo = header_row = 0
@@ -435,25 +524,27 @@ def _parse_sheet(
         raise SourceError("the sheet is empty (no header row)", where=label)
     _check_header(header, source, f"{where}:{header_row}")
 
-    width = len(header)
-    index = header.index(source.email_column)
-    rows: list[Recipient] = []
-    for number, cells in iterator:
-        values = [_cell_text(c) for c in cells]
-        if not any(values):
-            continue
-        reason = None
-        inside = values[lo : lo + width]
-        if any(values[:lo]) or any(values[lo + width :]):
-            used = [i for i, v in enumerate(values) if v]
-            count = max(used[-1] + 1, lo + width) - min(used[0], lo)
-            reason = f"row has {count} fields, header has {width}"
-        if len(inside) < width:
-            inside.extend([""] * (width - len(inside)))
-        rows.append(
-            Recipient(number, inside[index], dict(zip(header, inside, strict=True)), reason)
-        )
-    return RecipientTable(source=where, columns=header, rows=rows)
+    columns = header
+
+    def rows() -> Iterator[Recipient]:
+        width = len(columns)
+        index = columns.index(source.email_column)
+        for number, cells in iterator:
+            values = [_cell_text(c) for c in cells]
+            if not any(values):
+                continue
+            reason = None
+            inside = values[lo : lo + width]
+            if any(values[:lo]) or any(values[lo + width :]):
+                used = [i for i, v in enumerate(values) if v]
+                count = max(used[-1] + 1, lo + width) - min(used[0], lo)
+                reason = f"row has {count} fields, header has {width}"
+            if len(inside) < width:
+                inside.extend([""] * (width - len(inside)))
+            fields = dict(zip(columns, inside, strict=True))
+            yield Recipient(number, inside[index], fields, reason)
+
+    return columns, rows()
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,14 +578,15 @@ def _db_message(exc: BaseException, url: str) -> str:
     return text
 
 
-def _read_sql(source: RecipientSource) -> RecipientTable:
+def _read_sql(source: RecipientSource) -> RecipientStream:
     assert source.sql is not None
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    where = mask_url(source.sql.url)
+    url = source.sql.url
+    where = mask_url(url)
     try:
-        engine = create_engine(source.sql.url)
+        engine = create_engine(url)
     except ModuleNotFoundError as exc:
         raise SourceError(
             f"the database driver {exc.name!r} is not installed",
@@ -503,43 +595,68 @@ def _read_sql(source: RecipientSource) -> RecipientTable:
         ) from None
     except Exception as exc:
         raise SourceError(
-            f"invalid database URL: {_db_message(exc, source.sql.url)}",
+            f"invalid database URL: {_db_message(exc, url)}",
             where=where,
             hint="check `recipients.sql.url` (a SQLAlchemy URL, e.g. postgresql+psycopg://...)",
         ) from None
+
+    def query_failed(exc: SQLAlchemyError) -> SourceError:
+        return SourceError(
+            f"query failed: {_db_message(exc, url)}",
+            where=where,
+            hint="check `recipients.sql.query` (it must be a SELECT returning rows)",
+        )
+
+    conn = None
     try:
         try:
             conn = engine.connect()
         except Exception as exc:
             raise SourceError(
-                f"cannot connect: {_db_message(exc, source.sql.url)}",
+                f"cannot connect: {_db_message(exc, url)}",
                 where=where,
                 hint="check `recipients.sql.url`: host, port, database, user and password",
             ) from None
-        with conn:
-            try:
-                result = conn.execution_options(stream_results=True).execute(text(source.sql.query))
-                names = result.keys()
-                columns = [str(c).strip() for c in names]
-                _check_header(columns, source, where)
-                index = columns.index(source.email_column)
-                rows: list[Recipient] = []
-                with _gc_paused():
-                    for number, record in enumerate(result, start=1):
-                        values = [_cell_text(v) for v in record]
-                        fields = dict(zip(columns, values, strict=True))
-                        rows.append(Recipient(number, values[index], fields))
-            except SourceError:
-                raise
-            except SQLAlchemyError as exc:
-                raise SourceError(
-                    f"query failed: {_db_message(exc, source.sql.url)}",
-                    where=where,
-                    hint="check `recipients.sql.query` (it must be a SELECT returning rows)",
-                ) from None
-    finally:
+        try:
+            result = conn.execution_options(stream_results=True).execute(text(source.sql.query))
+            names = result.keys()
+            columns = [str(c).strip() for c in names]
+        except SQLAlchemyError as exc:
+            raise query_failed(exc) from None
+        _check_header(columns, source, where)
+    except BaseException:
+        if conn is not None:
+            conn.close()
         engine.dispose()
-    return RecipientTable(source=where, columns=columns, rows=rows)
+        raise
+    index = columns.index(source.email_column)
+
+    def rows() -> Iterator[Recipient]:
+        try:
+            for number, record in enumerate(result, start=1):
+                values = [_cell_text(v) for v in record]
+                yield Recipient(number, values[index], dict(zip(columns, values, strict=True)))
+        except SQLAlchemyError as exc:
+            raise query_failed(exc) from None
+
+    def close() -> None:
+        try:
+            conn.close()
+        finally:
+            engine.dispose()
+
+    return RecipientStream(where, columns, rows(), close)
+
+
+def read_columns(source: RecipientSource, base_dir: str | Path) -> list[str]:
+    """The recipient data's columns: its header, read and checked (the rows are not read)."""
+    with open_recipients(source, base_dir) as stream:
+        return stream.columns
+
+
+@task(name="read-header", retries=0, persist_result=False)
+def columns_task(source: RecipientSource, base_dir: str) -> list[str]:
+    return read_columns(source, base_dir)
 
 
 @task(name="ingest", retries=0, persist_result=False)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from email_validator import EmailNotValidError, validate_email
 
 from mailcast.errors import SpecError
-from mailcast.recipients import RecipientTable
+from mailcast.recipients import Recipient, RecipientTable
 from tasks._prefect import task
 
 try:
@@ -128,47 +128,104 @@ def validate_recipients(
     Results are cached per lower-cased address within one call (reused for the same spelling;
     another letter case is answered by the per-domain fast path).
     """
-    required = list(required)
-    unknown = [name for name in required if name not in table.columns]
-    if unknown:
-        columns = ", ".join(repr(c) for c in table.columns)
-        raise SpecError(
-            f"required column(s) {', '.join(repr(n) for n in unknown)} not in the recipient "
-            f"data; columns found: {columns}",
-            where="recipients.required_columns",
-            hint="`required_columns:` must list columns of the recipient data",
-        )
-    check = _Validator(check_deliverability).check
-    cache: dict[str, _Checked] = {}
+    check = RowChecker(
+        table.columns,
+        required=required,
+        suppressed=suppressed,
+        check_deliverability=check_deliverability,
+    )
     with _gc_paused():
         for r in table.rows:
-            if r.reason is not None:
-                continue
-            address = r.address.strip() if isinstance(r.address, str) else str(r.address or "")
-            if not address:
-                r.reason = "missing address"
-                continue
-            folded = address.lower()
-            checked = cache.get(folded)
-            if checked is None:
-                checked = cache[folded] = check(address)
-            elif checked[0] != address:
-                checked = check(address)  # same address, other letter case
-            _, normalized, key, error = checked
-            if error is not None:
-                r.reason = error
-                continue
-            r.address = normalized  # type: ignore[assignment]
-            r.key = key
-            if required:
-                missing = [n for n in required if not str(r.fields.get(n) or "").strip()]
-                if missing:
-                    r.reason = f"missing field: {', '.join(missing)}"
-                    continue
-            if key in suppressed:
-                why = suppressed[key] if isinstance(suppressed, Mapping) else None
-                r.reason = f"suppressed:{why}" if why else "suppressed"
+            check(r)
     return table
+
+
+def validate_rows(
+    rows: Iterable[Recipient],
+    columns: Sequence[str],
+    *,
+    required: Iterable[str] = (),
+    suppressed: Collection[str] = frozenset(),
+    check_deliverability: bool = False,
+) -> Iterator[Recipient]:
+    """``validate_recipients`` for a stream of rows: each row checked as it passes (the same
+    results, in the same order; memory stays flat). An unknown required column raises
+    SpecError here, before any row is read."""
+    check = RowChecker(
+        columns,
+        required=required,
+        suppressed=suppressed,
+        check_deliverability=check_deliverability,
+    )
+    return _checked(rows, check)
+
+
+def _checked(rows: Iterable[Recipient], check: RowChecker) -> Iterator[Recipient]:
+    for r in rows:
+        check(r)
+        yield r
+
+
+class RowChecker:
+    """Checks one row at a time (see ``validate_recipients``), keeping what it learnt about
+    domains, and a bounded cache of addresses, between rows."""
+
+    CACHE_SIZE = 200_000  # addresses; emptied when full (memory stays bounded on any input)
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        *,
+        required: Iterable[str] = (),
+        suppressed: Collection[str] = frozenset(),
+        check_deliverability: bool = False,
+    ) -> None:
+        self.required = list(required)
+        unknown = [name for name in self.required if name not in columns]
+        if unknown:
+            found = ", ".join(repr(c) for c in columns)
+            raise SpecError(
+                f"required column(s) {', '.join(repr(n) for n in unknown)} not in the recipient "
+                f"data; columns found: {found}",
+                where="recipients.required_columns",
+                hint="`required_columns:` must list columns of the recipient data",
+            )
+        self.suppressed = suppressed
+        self._check = _Validator(check_deliverability).check
+        self._cache: dict[str, _Checked] = {}
+
+    def __call__(self, r: Recipient) -> None:
+        if r.reason is not None:
+            return
+        address = r.address.strip() if isinstance(r.address, str) else str(r.address or "")
+        if not address:
+            r.reason = "missing address"
+            return
+        folded = address.lower()
+        cache = self._cache
+        checked = cache.get(folded)
+        if checked is None:
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            checked = cache[folded] = self._check(address)
+        elif checked[0] != address:
+            checked = self._check(address)  # same address, other letter case
+        _, normalized, key, error = checked
+        if error is not None:
+            r.reason = error
+            return
+        r.address = normalized  # type: ignore[assignment]
+        r.key = key
+        required = self.required
+        if required:
+            missing = [n for n in required if not str(r.fields.get(n) or "").strip()]
+            if missing:
+                r.reason = f"missing field: {', '.join(missing)}"
+                return
+        suppressed = self.suppressed
+        if key in suppressed:
+            why = suppressed[key] if isinstance(suppressed, Mapping) else None
+            r.reason = f"suppressed:{why}" if why else "suppressed"
 
 
 def reason_category(reason: str | None) -> str:
