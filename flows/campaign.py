@@ -1,36 +1,55 @@
-"""The campaign flow: ingest → validate → dedupe → plan → send (mapped over chunks) → summary.
+"""The campaign flow: checks → prepare (ingest → validate → dedupe → plan, streamed) → send
+(chunks over connections, in threads or worker processes) → summary.
 
 Orchestration only: every step is a task from ``tasks/``. Deployed as ``send-campaign`` in
 prefect.yaml; the ``spec`` parameter renders as a form in the Prefect UI. Safe by default:
 unless ``dry_run`` is false, messages are written to an outbox folder and nothing is sent.
+
+Sending: the run's pending rows are split into chunks (``tasks.plan.send_chunks``); a
+``send-chunk`` task sends one chunk over one or more connections (threads sharing the chunk's
+rows). With ``workers: 1`` the chunk tasks run in this process (up to 16 at once; up to 16
+connections that is one connection per chunk); with more, in a pool of that many processes,
+one chunk at a time each, over ceil(connections / workers) connections. The SMTP server's
+concurrency limit (``tasks.limits``) is held per chunk, the run's rate limit is shared by all
+processes (``tasks.send.Pacer``).
 """
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed
-from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from mailcast.errors import MailcastError
 from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec
 from mailcast.transport.target import Target
-from tasks.dedupe import dedupe_task
-from tasks.ingest import ingest_task
-from tasks.plan import plan_task
+from tasks.ingest import columns_task
+from tasks.limits import holding, server_limit_task
+from tasks.plan import Chunker, prepare_task
 from tasks.render import check_templates_task
 from tasks.resume import reopen_task, run_planned_task
-from tasks.send import ChunkResult, check_message_task, check_transport_task, send_chunk_task
+from tasks.send import (
+    ChunkResult,
+    check_message_task,
+    check_transport_task,
+    drop_pacer,
+    preload,
+    send_chunk_task,
+)
 from tasks.summary import RunSummary, summary_task
-from tasks.tracking import after_send_task, check_tracking_task, suppression_task
-from tasks.validate import validate_task
+from tasks.tracking import after_send_task, check_tracking_task
+
+IN_PROCESS_TASKS = 16  # chunk tasks at once with workers: 1 (more connections: threads in each)
 
 
 @flow(
@@ -85,34 +104,34 @@ def _send_campaign(
     target = _target(settings, dry_run, smtp_block, smtp_url, outbox_dir, run_id)
     resume = resume or run_planned_task(database_url, run_id)
 
-    if resume:
-        reopen_task(database_url, run_id, resend_unknown=resend_unknown, retry_failed=retry_failed)
-    else:
-        table = ingest_task(spec.recipients, spec.base_dir)
-        check_templates_task(spec, table.columns)
-        check_message_task(spec)  # sender, attachments: refused before the run is planned
-        check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
-        suppressed = suppression_task(database_url)  # the ledger's: every campaign skips them
-        table = validate_task(
-            quote(table),
-            spec.recipients.required_columns,
-            quote(suppressed),
-            spec.check_deliverability,
-        )
-        table = dedupe_task(quote(table))
-        if not target.dry_run:
-            check_transport_task(target)
-        plan_task(database_url, spec, quote(table), target, run_id)
-        logger.info("run %s planned: %d recipients", run_id, len(table.rows))
+    with ExitStack() as stack:
+        runner = None
+        if spec.workers > 1:  # start the worker processes now: they load while the run plans
+            runner = stack.enter_context(ProcessPoolTaskRunner(max_workers=spec.workers))
+            _warm_up(runner, spec.workers)
+        if resume:
+            reopen_task(
+                database_url, run_id, resend_unknown=resend_unknown, retry_failed=retry_failed
+            )
+        else:
+            columns = columns_task(spec.recipients, spec.base_dir)  # the header only
+            check_templates_task(spec, columns)
+            check_message_task(spec)  # sender, attachments: refused before the run is planned
+            check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
+            if not target.dry_run:
+                check_transport_task(target)
+            planned = prepare_task(database_url, spec, target, run_id)
+            logger.info(
+                "run %s planned: %d recipients, %d to send (%s)",
+                run_id,
+                planned.rows,
+                planned.to_send,
+                ", ".join(f"{k} {v}" for k, v in planned.outcomes.items()),
+            )
 
-    if resume and not target.dry_run:
-        check_transport_task(target)
-    chunks = _chunks(database_url, run_id, spec.chunk_size)
-    results, errors = bounded_map(
-        lambda bounds: send_chunk_task.submit(spec, run_id, bounds, database_url, target),
-        chunks,
-        limit=spec.connections,
-    )
+        if resume and not target.dry_run:
+            check_transport_task(target)
+        results, errors = _send(spec, run_id, database_url, target, runner)
     total = ChunkResult()
     for result in results:
         total.add(result)
@@ -144,30 +163,209 @@ def _target(
     return target
 
 
-def _chunks(database_url: str, run_id: str, size: int) -> list[tuple[int, int]]:
+def _send(
+    spec: CampaignSpec,
+    run_id: str,
+    database_url: str,
+    target: Target,
+    runner: ProcessPoolTaskRunner | None,
+) -> tuple[list[ChunkResult], list[BaseException]]:
+    """Send the run's pending rows: chunk tasks in this process (``runner`` None) or in the
+    worker processes, within the server's concurrency limit."""
     from mailcast.ledger.store import Ledger
 
-    return Ledger(database_url).id_ranges(run_id, size)
+    logger = get_run_logger()
+    connections = spec.connections
+    limit = server_limit_task(target, connections) if spec.server_limit else None
+    if limit is not None:
+        name, size = limit
+        if size is not None and size < connections:
+            logger.info("the concurrency limit %s allows %d connections", name, size)
+            connections = max(1, size)
+    slots = spec.workers if runner is not None else IN_PROCESS_TASKS  # chunk tasks at once
+    threads = math.ceil(connections / min(slots, connections))  # connections per chunk task
+    slots = math.ceil(connections / threads)
+    chunks = Chunker.for_run(
+        Ledger(database_url),
+        run_id,
+        chunk_size=spec.chunk_size,
+        threads=threads,
+        connections=connections,
+    )
+    logger.info(
+        "sending %d rows over %d connections (%d chunk tasks at once, %d connections each%s)",
+        chunks.left,
+        connections,
+        slots,
+        threads,
+        f"; concurrency limit {limit[0]}" if limit is not None else "",
+    )
+    hold = None
+    if limit is not None and limit[1] is not None:
+        name = limit[0]
+
+        def hold(n: int, wait: bool) -> AbstractContextManager[Any] | None:
+            return holding(name, n, wait=wait)
+
+    def submit(bounds: tuple[int, int], n: int) -> PrefectFuture[Any]:
+        parameters = {
+            "spec": spec, "run_id": run_id, "bounds": bounds, "database_url": database_url,
+            "target": target, "threads": n,
+        }  # fmt: skip
+        if runner is None:
+            return send_chunk_task.submit(**parameters)  # type: ignore[no-any-return]
+        return runner.submit(send_chunk_task.prefect_task, parameters)
+
+    attempt = str(flow_run.get_id() or "")
+    try:
+        results, errors = bounded_map(
+            submit, chunks, limit=slots, threads=threads, connections=connections, hold=hold
+        )
+        logger.info("sent in %d chunks", chunks.chunks)
+        return results, errors
+    finally:
+        drop_pacer(run_id, attempt)
+
+
+def _warm_up(runner: ProcessPoolTaskRunner, workers: int) -> None:
+    """Have the pool start its processes and load the send engine now, while the run is being
+    planned (a worker process takes a few seconds of CPU to start)."""
+    executor = getattr(runner, "_executor", None)
+    if executor is None:  # pragma: no cover - Prefect's internals changed: start on first use
+        return
+    for _ in range(workers):
+        executor.submit(preload)
+
+
+class ItemSource(Protocol):
+    """Items made for the task slot that takes them (e.g. a ``Chunker``)."""
+
+    @property
+    def left(self) -> int: ...
+
+    def take(self, threads: int) -> Any: ...
+
+    def clear(self) -> None: ...
+
+
+class _Items:
+    """A list as an ``ItemSource``."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = list(items)
+
+    @property
+    def left(self) -> int:
+        return len(self.items)
+
+    def take(self, threads: int) -> Any:
+        return self.items.pop(0)
+
+    def clear(self) -> None:
+        self.items.clear()
 
 
 def bounded_map(
-    submit: Any, items: list[Any], *, limit: int
+    submit: Any,
+    items: list[Any] | ItemSource,
+    *,
+    limit: int,
+    threads: int = 1,
+    connections: int | None = None,
+    hold: Callable[[int, bool], AbstractContextManager[Any] | None] | None = None,
 ) -> tuple[list[Any], list[BaseException]]:
-    """Submit a task per item with at most ``limit`` running at once (one SMTP connection each).
-    Returns the results (in completion order) and the errors; after the first error no new
-    item is started, the running ones finish."""
-    pending = list(items)
-    running: list[PrefectFuture[Any]] = []
+    """Submit a task per item, ``submit(item, n)``, with at most ``limit`` running at once (task
+    slots), each given ``n`` = up to ``threads`` connections, all together at most
+    ``connections`` (default: ``limit`` × ``threads``). ``items`` is a list, or a source that
+    makes each item for the slot that takes it (``take(n)``, e.g. a ``Chunker``). Returns the
+    results (in completion order) and the errors; after the first error no new item is
+    started, the running ones finish.
+
+    ``hold(n, wait)``, when given, takes a task slot's share of the server's concurrency limit:
+    entered when the slot opens (before its first item) and left when the slot has no item
+    left, held from one chunk to the next instead of acquired again for each. It waits for the
+    slots only while nothing is held (``wait``); otherwise it returns None when they are taken
+    and is asked again a little later, so two runs sharing a limit never wait on each other
+    while each holds part of it."""
+    budget = connections if connections is not None else limit * threads
+    source = _Items(items) if isinstance(items, list) else items
+    running: dict[PrefectFuture[Any], _Slot] = {}
+    idle: list[_Slot] = []
     results: list[Any] = []
     errors: list[BaseException] = []
-    while pending or running:
-        while pending and len(running) < limit:
-            running.append(submit(pending.pop(0)))
-        done = next(as_completed(running))
-        running.remove(done)
-        try:
-            results.append(done.result())
-        except BaseException as exc:
-            errors.append(exc)
-            pending.clear()  # stop starting new chunks; let running ones finish
+    try:
+        if hold is not None and source.left:
+            idle = _open_slots(hold, limit, threads, budget)
+        while source.left or running:
+            short = False  # a new slot could not get its share of the limit: ask again soon
+            while source.left:
+                used = sum(s.n for s in running.values())
+                if idle:
+                    slot = idle.pop()
+                elif len(running) < limit and used < budget:
+                    slot = _Slot(min(threads, budget - used))
+                    if hold is not None:
+                        held = hold(slot.n, not running)
+                        if held is None:
+                            short = True
+                            break
+                        slot.stack.enter_context(held)
+                else:
+                    break
+                running[submit(source.take(slot.n), slot.n)] = slot
+            for slot in idle:  # nothing left for them
+                slot.stack.close()
+            idle.clear()
+            if not running:
+                continue
+            try:
+                done = next(as_completed(list(running), timeout=_RETRY_HOLD if short else None))
+            except TimeoutError:
+                continue
+            idle.append(running.pop(done))
+            try:
+                results.append(done.result())
+            except BaseException as exc:
+                errors.append(exc)
+                source.clear()  # stop starting new chunks; let running ones finish
+    finally:
+        for slot in [*idle, *running.values()]:
+            slot.stack.close()
     return results, errors
+
+
+def _open_slots(
+    hold: Callable[[int, bool], AbstractContextManager[Any] | None],
+    limit: int,
+    threads: int,
+    budget: int,
+) -> list[_Slot]:
+    """Take the task slots' shares of the concurrency limit before any task starts, all at
+    once (an acquisition is quick against an idle Prefect server, slow against one busy
+    recording task runs): the first waiting for its share, the others only if free now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes: list[int] = []
+    while len(sizes) < limit and sum(sizes) < budget:
+        sizes.append(min(threads, budget - sum(sizes)))
+    first = _Slot(sizes[0])
+    first.stack.enter_context(hold(first.n, True))  # type: ignore[arg-type]
+    slots = [first]
+    with ThreadPoolExecutor(max_workers=min(16, len(sizes))) as pool:
+        others = [_Slot(n) for n in sizes[1:]]
+        for slot, held in zip(others, pool.map(lambda n: hold(n, False), sizes[1:]), strict=True):
+            if held is not None:
+                slot.stack.enter_context(held)
+                slots.append(slot)
+    return slots
+
+
+_RETRY_HOLD = 2.0  # seconds before a task slot asks the concurrency limit again
+
+
+class _Slot:
+    """A task slot of ``bounded_map``: its connections, and what it holds for them."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stack = ExitStack()

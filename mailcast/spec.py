@@ -68,7 +68,10 @@ class CampaignSpec(BaseModel):
         default=4, ge=1, le=500, description="Simultaneous SMTP connections for this run"
     )
     rate_limit: float | None = Field(
-        default=None, gt=0, description="Messages per second across the run (default: unlimited)"
+        default=None,
+        gt=0,
+        description="Messages per second across the run, all worker processes together, "
+        "paced evenly (default: unlimited)",
     )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Tries per message on 4xx")
     retry_base_seconds: float = Field(
@@ -110,6 +113,21 @@ class CampaignSpec(BaseModel):
     unsubscribe_mailto: str | None = Field(
         default=None,
         description="Also offer unsubscribing by mail to this address (List-Unsubscribe mailto:)",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes that send (use the machine's cores: rendering and "
+        "building messages needs CPU). 1: threads in the flow's process. More: a process pool; "
+        "each process sends one chunk at a time over ceil(connections / workers) connections",
+    )
+    server_limit: bool = Field(
+        default=True,
+        description="Hold the Prefect global concurrency limit `smtp:HOST:PORT` (`smtp:BLOCK` "
+        "for a saved block) while connected: simultaneous connections to the server stay "
+        "within it across runs and workers. When it does not exist it is created with this "
+        "run's `connections` as its size (change it on the Prefect UI's Concurrency page)",
     )
 
     @field_validator("headers")

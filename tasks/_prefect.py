@@ -23,6 +23,12 @@ class LazyTask:
             self._task = prefect_task(**self._options)(self.fn)
         return self._task
 
+    @property
+    def prefect_task(self) -> Any:
+        """The Prefect ``Task`` itself (built on first use), e.g. for a task runner's
+        ``submit(task, parameters)``."""
+        return self._real()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._real()(*args, **kwargs)
 

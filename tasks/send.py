@@ -5,7 +5,8 @@ It depends on two small interfaces: a ``Store`` (the ledger: claim rows, record 
 claimed row into (Message-ID, message bytes).
 
 The loop, per batch: claim up to N pending rows (marked ``sending`` and committed *before* any
-DATA is transmitted) → send each → record all outcomes in one statement. So after a crash only
+DATA is transmitted) → send each → record all outcomes in one statement, in the transaction of
+the next claim (or on their own when there is none, or something went wrong). So after a crash only
 the rows of the batch in flight are ``sending`` (they become ``unknown`` on resume); a row marked
 ``sent`` is never claimed again. The batch size adapts so a batch takes ~0.25 s: large on a fast
 server, small on a slow one.
@@ -32,12 +33,23 @@ What the threads of one run share (a :class:`RunControl`, one per run per proces
 from __future__ import annotations
 
 import logging
+import os
 import random
+import struct
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: each process paces on its own
+    fcntl = None  # type: ignore[assignment]
 
 from mailcast.errors import (
     AttachmentError,
@@ -71,21 +83,50 @@ MAX_BACKOFF_DOUBLINGS = 6  # a backoff grows to at most 64 × the base
 
 class Pacer:
     """A smooth rate limiter: one message every 1/rate seconds, no burst-then-sleep.
-    Shared by the threads of one process (each run's share of the server's rate)."""
 
-    def __init__(self, rate: float) -> None:
+    Shared by the threads of one process; with ``shared`` (a file path), by every process on
+    this machine that opens the same file: the next free slot lives in that file (guarded by
+    ``flock``), on the system-wide monotonic clock, so a run's worker processes together keep
+    its rate. A sender that falls behind never catches up in a burst: a slot is never earlier
+    than now.
+    """
+
+    def __init__(self, rate: float, shared: str | os.PathLike[str] | None = None) -> None:
+        self.rate = rate
         self.interval = 1.0 / rate
         self._next = time.monotonic()
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        if shared is not None and fcntl is not None:
+            self._fd = os.open(shared, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _reserve(self, now: float) -> float:
+        if self._fd is None or fcntl is None:
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+            return slot
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(self._fd, 8, 0)
+            after = struct.unpack("=d", raw)[0] if len(raw) == 8 else 0.0
+            slot = max(after, now)
+            os.pwrite(self._fd, struct.pack("=d", slot + self.interval), 0)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return slot
 
     def wait(self) -> None:
         with self._lock:
             now = time.monotonic()
-            slot = max(self._next, now)
-            self._next = slot + self.interval
+            slot = self._reserve(now)
         delay = slot - now
         if delay > 0:
             time.sleep(delay)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _backoff(attempt: int, base: float) -> float:
@@ -265,9 +306,46 @@ def envelope_address(address: str) -> str:
         return address
 
 
+class ChunkWork:
+    """The rows of one chunk still to be sent, shared by the engine loops (one per connection)
+    working on it: the pending row ids not yet claimed, in id order, and the rows waiting to be
+    retried (row id → when). Each loop takes the next ids, claims those still pending (another
+    process resuming the same run may have taken some) and sends them; a row that gets a 4xx
+    waits here for its backoff, excluded from every loop's claims. Thread-safe."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self._ids = deque(ids)
+        self._lock = threading.Lock()
+        self._deferred: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def take(self, n: int) -> list[int]:
+        with self._lock:
+            ids = self._ids
+            return [ids.popleft() for _ in range(min(n, len(ids)))]
+
+    def defer(self, row_id: int, when: float) -> None:
+        with self._lock:
+            self._deferred[row_id] = when
+
+    def due(self, now: float, *, everything: bool = False) -> list[int]:
+        """Take the deferred rows whose retry time has come (all of them with ``everything``)."""
+        with self._lock:
+            ids = [i for i, t in self._deferred.items() if t <= now or everything]
+            for i in ids:
+                del self._deferred[i]
+            return ids
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min(self._deferred.values()) if self._deferred else None
+
+
 @dataclass
 class _Chunk:
-    """One call of ``send_chunk``: what its batches share."""
+    """One engine loop (one connection) of ``send_chunk``: what its batches share."""
 
     store: Store
     transport: Transport
@@ -277,9 +355,11 @@ class _Chunk:
     max_attempts: int
     control: RunControl
     pacer: Pacer | None
+    work: ChunkWork
     sender_for: Callable[[Claim], str | None] | None = None
     result: ChunkResult = field(default_factory=ChunkResult)
-    deferred: dict[int, float] = field(default_factory=dict)  # row id → when it may be retried
+    deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
+    unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
     connect_failures: int = 0  # in a row
     on_connection: int = 0  # messages accepted on the current connection
     maybe_delivered: set[int] = field(default_factory=set)  # rows that lost a reply to DATA
@@ -299,8 +379,11 @@ def send_chunk(
     pacer: Pacer | None = None,
     control: RunControl | None = None,
     sender_for: Callable[[Claim], str | None] | None = None,
+    work: ChunkWork | None = None,
 ) -> ChunkResult:
-    """Send every pending row of ``run_id`` with id in [lo, hi]; return what happened.
+    """Send every pending row of ``run_id`` with id in [lo, hi] over ``transport`` (one
+    connection); return what happened. Several calls (threads, one connection each) may share
+    one ``work`` (the chunk's rows, see :class:`ChunkWork`); without it the rows are listed here.
     ``sender_for`` gives a row's own envelope sender (a VERP return path), None for ``sender``.
 
     Raises RunStopped when the run stopped (this chunk's failures, or another thread's), and
@@ -308,29 +391,33 @@ def send_chunk(
     """
     if control is None:
         control = RunControl(retry_base=retry_base)
+    if work is None:
+        work = ChunkWork(store.pending_ids(run_id, lo, hi))
     chunk = _Chunk(
-        store, transport, compose, sender, run_id, max_attempts, control, pacer, sender_for
+        store, transport, compose, sender, run_id, max_attempts, control, pacer, work, sender_for
     )
-    deferred = chunk.deferred
     batch_size = 10
     try:
         control.check()
+        if not len(work) and work.next_due() is None:
+            return chunk.result  # nothing left for this connection: do not connect
         _open(chunk)
         while True:
             control.check()
-            now = time.monotonic()
-            out_of_time = control.retry_time_left() <= 0
-            due = [i for i, t in deferred.items() if t <= now or out_of_time]
-            if due:
-                for i in due:
-                    del deferred[i]
-                claims = store.claim_ids(run_id, due)
-            else:
-                claims = store.claim(run_id, lo, hi, batch_size, exclude=list(deferred))
-            if not claims:
-                if not deferred:
+            ids = work.due(time.monotonic(), everything=control.retry_time_left() <= 0)
+            if not ids:
+                ids = work.take(batch_size)
+            if not ids:
+                _flush(chunk)
+                when = work.next_due()
+                if when is None:
                     break
-                control.sleep(min(deferred.values()) - time.monotonic())
+                control.sleep(when - time.monotonic())
+                continue
+            # The previous batch's outcomes and this claim: one transaction.
+            claims = store.claim_ids(run_id, ids, record=chunk.unrecorded)
+            _recorded(chunk)
+            if not claims:
                 continue
             started = time.monotonic()
             _send_batch(chunk, claims)
@@ -343,7 +430,10 @@ def send_chunk(
         control.stop(exc)
         raise
     finally:
-        transport.close()
+        try:
+            _flush(chunk)  # the last batch's outcomes
+        finally:
+            transport.close()
     return chunk.result
 
 
@@ -388,6 +478,7 @@ def _send_batch(chunk: _Chunk, claims: list[Claim]) -> None:
     done: set[int] = set()
     in_flight: int | None = None
     unexpected: BaseException | None = None
+    completed = False
     try:
         for claim in claims:
             control.check()
@@ -430,6 +521,7 @@ def _send_batch(chunk: _Chunk, claims: list[Claim]) -> None:
             done.add(claim.id)
             result.sent += 1
             control.succeeded()
+        completed = True
     except (AuthError, TlsError, ConnectError, RunStopped):
         # Nothing of the message in flight was transmitted (we could not (re)connect, or the
         # run stopped before it): it goes back to pending with the rest.
@@ -456,7 +548,25 @@ def _send_batch(chunk: _Chunk, claims: list[Claim]) -> None:
                     " been delivered",
                 )
             )
-        chunk.store.record(outcomes + rest)
+        chunk.unrecorded.extend(outcomes + rest)
+        if not completed:
+            _flush(chunk)
+
+
+def _flush(chunk: _Chunk) -> None:
+    """Record the outcomes not yet recorded (normally they go with the next claim, in one
+    transaction)."""
+    if chunk.unrecorded:
+        chunk.store.record(chunk.unrecorded)
+    _recorded(chunk)
+
+
+def _recorded(chunk: _Chunk) -> None:
+    """The outcomes are in the ledger: rows to retry become visible to every connection."""
+    chunk.unrecorded = []
+    for row_id, when in chunk.deferring:
+        chunk.work.defer(row_id, when)
+    chunk.deferring.clear()
 
 
 def _send_reconnecting(chunk: _Chunk, sender: str, address: str, data: bytes) -> Reply:
@@ -502,7 +612,11 @@ def _refused(chunk: _Chunk, claim: Claim, exc: SmtpReplyError, message_id: str) 
     final = exc.permanent or claim.attempts >= chunk.max_attempts
     if not final and control.retry_time_left() > 0:
         result.retried += 1
-        chunk.deferred[claim.id] = time.monotonic() + _backoff(claim.attempts, control.retry_base)
+        # Shared with the chunk's other connections once the outcome is recorded (pending again):
+        # a claim before that would find the row still `sending` and drop it.
+        chunk.deferring.append(
+            (claim.id, time.monotonic() + _backoff(claim.attempts, control.retry_base))
+        )
         return Outcome(
             claim.id,
             PENDING,
@@ -568,17 +682,40 @@ def _is_retryable(task: object, task_run: object, state: object) -> bool:
 
 # -- wiring one chunk of a run: the ledger, the campaign's templates and the transport ----------
 
-_pacers: dict[str, Pacer] = {}
+_pacers: dict[tuple[str, str], Pacer] = {}
 _pacers_lock = threading.Lock()
 _controls: dict[tuple[str, str], RunControl] = {}
 
 
-def run_pacer(run_id: str, rate: float | None) -> Pacer | None:
-    """One pacer per run per process: the run's threads share its rate."""
+def pacer_path(run_id: str, attempt: str) -> Path:
+    """The file through which the processes of one flow run (``attempt``) share the run's rate."""
+    return Path(tempfile.gettempdir()) / f"mailcast-pace-{run_id}-{attempt}"
+
+
+def run_pacer(run_id: str, rate: float | None, attempt: str = "") -> Pacer | None:
+    """One pacer per run per process: the run's threads share its rate. Within a flow run
+    (``attempt``: the flow run's id) the pacers of all its worker processes share one slot
+    file, so the rate holds for the run as a whole."""
     if rate is None:
         return None
     with _pacers_lock:
-        return _pacers.setdefault(run_id, Pacer(rate))
+        pacer = _pacers.get((run_id, attempt))
+        if pacer is None or pacer.rate != rate:
+            if pacer is not None:
+                pacer.close()
+            pacer = Pacer(rate, pacer_path(run_id, attempt) if attempt else None)
+            _pacers[(run_id, attempt)] = pacer
+        return pacer
+
+
+def drop_pacer(run_id: str, attempt: str) -> None:
+    """After the send phase: close this process's pacer and remove the shared slot file."""
+    with _pacers_lock:
+        pacer = _pacers.pop((run_id, attempt), None)
+    if pacer is not None:
+        pacer.close()
+    if attempt:
+        pacer_path(run_id, attempt).unlink(missing_ok=True)
 
 
 def run_control(spec: CampaignSpec, run_id: str, attempt: str = "") -> RunControl:
@@ -596,21 +733,38 @@ def message_id_for(run_id: str, delivery_id: int, domain: str) -> str:
     return f"<{run_id}.{delivery_id}@{domain}>"
 
 
-def deliver_chunk(
-    spec: CampaignSpec,
-    run_id: str,
-    bounds: tuple[int, int],
-    database_url: str,
-    target: Target,
-    *,
-    control: RunControl | None = None,
-) -> ChunkResult:
-    """Build what a chunk needs (once per chunk: templates compiled, attachments encoded) and
-    run the engine over it. When the run stops, its reason is kept as the run's note."""
+@dataclass
+class _RunParts:
+    """What every chunk of a run needs, built once per run per process (templates compiled,
+    attachments encoded, the tracker and the ledger opened): ``compose`` is thread-safe."""
+
+    ledger: Any
+    compose: Compose
+    sender: str
+    sender_for: Callable[[Claim], str | None] | None
+
+
+_parts: dict[tuple[str, str, str], _RunParts] = {}
+_parts_lock = threading.Lock()
+_PARTS_KEPT = 4  # runs whose parts a process keeps (a worker process serves one run at a time)
+
+
+def _run_parts(spec: CampaignSpec, run_id: str, database_url: str) -> _RunParts:
+    key = (run_id, database_url, spec.model_dump_json())
+    with _parts_lock:
+        parts = _parts.get(key)
+        if parts is None:
+            parts = _build_parts(spec, run_id, database_url)
+            while len(_parts) >= _PARTS_KEPT:
+                del _parts[next(iter(_parts))]
+            _parts[key] = parts
+        return parts
+
+
+def _build_parts(spec: CampaignSpec, run_id: str, database_url: str) -> _RunParts:
     from mailcast.ledger.store import Ledger
     from mailcast.recipients import Recipient
     from mailcast.tracking.links import Tracker
-    from mailcast.transport.target import make_transport
     from tasks.message import MessageBuilder
     from tasks.render import CampaignTemplates
 
@@ -628,41 +782,147 @@ def deliver_chunk(
         to = envelope_address(claim.address)
         return message_id, head + builder.build(rendered, to, message_id, row=claim.row_no)
 
-    try:
+    def sender_for(claim: Claim) -> str | None:
+        return tracker.envelope_sender(claim.id)
+
+    return _RunParts(
+        ledger, compose, builder.envelope_sender, sender_for if tracker.active else None
+    )
+
+
+def _transports(target: Target) -> Callable[[], Transport]:
+    """A factory of new, unopened transports to ``target`` (its SMTP settings, or block, are
+    looked up once)."""
+    from mailcast.transport.target import make_transport, smtp_config
+
+    if target.dry_run:
+        return lambda: make_transport(target)
+    from mailcast.transport.smtp import SmtpTransport
+
+    config = smtp_config(target)
+    return lambda: SmtpTransport(config)
+
+
+def deliver_chunk(
+    spec: CampaignSpec,
+    run_id: str,
+    bounds: tuple[int, int],
+    database_url: str,
+    target: Target,
+    *,
+    control: RunControl | None = None,
+    threads: int = 1,
+    pacer: Pacer | None = None,
+) -> ChunkResult:
+    """Send a chunk: the pending rows of ``run_id`` with ids in ``bounds``, over ``threads``
+    connections (engine loops in threads sharing the chunk's rows). What the run's chunks
+    need is built once per process (templates compiled, attachments encoded). When the run
+    stops, its reason is kept as the run's note. ``pacer`` defaults to the run's pacer in this
+    process (``rate_limit``)."""
+    parts = _run_parts(spec, run_id, database_url)
+    ledger = parts.ledger
+    control = control if control is not None else RunControl.for_spec(spec)
+    if pacer is None:
+        pacer = run_pacer(run_id, spec.rate_limit)
+    work = ChunkWork(ledger.pending_ids(run_id, bounds[0], bounds[1]))
+    threads = max(1, min(threads, len(work)))
+    new_transport = _transports(target)
+
+    def loop() -> ChunkResult:
         return send_chunk(
             ledger,
-            make_transport(target),
-            compose,
-            builder.envelope_sender,
+            new_transport(),
+            parts.compose,
+            parts.sender,
             run_id,
             bounds[0],
             bounds[1],
             max_attempts=spec.max_attempts,
-            pacer=run_pacer(run_id, spec.rate_limit),
-            control=control if control is not None else RunControl.for_spec(spec),
-            sender_for=(lambda claim: tracker.envelope_sender(claim.id))
-            if tracker.active
-            else None,
+            pacer=pacer,
+            control=control,
+            sender_for=parts.sender_for,
+            work=work,
         )
+
+    try:
+        if threads == 1:
+            return loop()
+        return _in_threads(loop, threads)
     except (RunStopped, AuthError, TlsError) as exc:
         ledger.set_run(run_id, note=str(exc))  # the summary shows it for a paused run
         raise
 
 
-@task(
+def _in_threads(loop: Callable[[], ChunkResult], threads: int) -> ChunkResult:
+    """Run ``loop`` in ``threads`` threads; add up their results. If any failed, raise the
+    error that says most (what stopped the run, else the first), after all have finished."""
+    results: list[ChunkResult] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            result = loop()
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    workers = [
+        threading.Thread(target=run, name=f"mailcast-send-{i}", daemon=True) for i in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        stopping = [e for e in errors if isinstance(e, AuthError | TlsError | RunStopped)]
+        raise (stopping or errors)[0]
+    total = ChunkResult()
+    for r in results:
+        total.add(r)
+    return total
+
+
+def send_chunk_run(
+    spec: CampaignSpec,
+    run_id: str,
+    bounds: tuple[int, int],
+    database_url: str,
+    target: Target,
+    threads: int = 1,
+) -> ChunkResult:
+    """The ``send-chunk`` task's body: one chunk over ``threads`` connections. Module-level and
+    importable by name: a process pool worker unpickles the task by reference."""
+    from prefect.runtime import flow_run
+
+    attempt = str(flow_run.get_id() or "")
+    control = run_control(spec, run_id, attempt)
+    pacer = run_pacer(run_id, spec.rate_limit, attempt)
+    return deliver_chunk(
+        spec, run_id, bounds, database_url, target, control=control, threads=threads, pacer=pacer
+    )
+
+
+send_chunk_task = task(
     name="send-chunk",
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_is_retryable,
     task_run_name="send-chunk-{bounds[0]}-{bounds[1]}",
-)
-def send_chunk_task(
-    spec: CampaignSpec, run_id: str, bounds: tuple[int, int], database_url: str, target: Target
-) -> ChunkResult:
-    from prefect.runtime import flow_run
+)(send_chunk_run)
 
-    control = run_control(spec, run_id, str(flow_run.get_id() or ""))
-    return deliver_chunk(spec, run_id, bounds, database_url, target, control=control)
+
+def preload() -> None:
+    """Import what sending needs (a worker process calls it as it starts: see the flow)."""
+    import prefect.task_engine  # noqa: F401
+
+    import mailcast.ledger.store
+    import mailcast.transport.smtp  # noqa: F401
+    import tasks.message
+    import tasks.render  # noqa: F401
 
 
 def _never(task: object, task_run: object, state: object) -> bool:
