@@ -70,6 +70,7 @@ from mailcast.spec import CampaignSpec
 from mailcast.transport.base import Reply, Transport
 from mailcast.transport.target import Target
 from tasks._prefect import task
+from tasks.claim_group import ClaimGroup
 
 log = logging.getLogger("mailcast.send")
 
@@ -827,10 +828,12 @@ def deliver_chunk(
     work = ChunkWork(ledger.pending_ids(run_id, bounds[0], bounds[1]))
     threads = max(1, min(threads, len(work)))
     new_transport = _transports(target)
+    # the connections' claims share transactions (tasks/claim_group.py)
+    store: Store = ClaimGroup(ledger) if threads > 1 else ledger
 
     def loop() -> ChunkResult:
         return send_chunk(
-            ledger,
+            store,
             new_transport(),
             parts.compose,
             parts.sender,
