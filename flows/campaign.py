@@ -36,6 +36,7 @@ from mailcast.transport.target import Target
 from tasks.ingest import columns_task
 from tasks.limits import holding, server_limit_task
 from tasks.plan import Chunker, prepare_task
+from tasks.progress import Limits, RunProgress
 from tasks.render import check_templates_task
 from tasks.resume import reopen_task, run_planned_task
 from tasks.send import (
@@ -216,10 +217,28 @@ def _send(
             return send_chunk_task.submit(**parameters)  # type: ignore[no-any-return]
         return runner.submit(send_chunk_task.prefect_task, parameters)
 
+    progress = RunProgress(
+        spec.name,
+        chunks.left,
+        Limits(
+            connections=connections,
+            workers=slots if runner is not None else 1,
+            threads=threads,
+            concurrency_limit=limit[0] if limit is not None else None,
+            concurrency_size=limit[1] if limit is not None else None,
+            rate_limit=spec.rate_limit,
+        ),
+    )
     attempt = str(flow_run.get_id() or "")
     try:
         results, errors = bounded_map(
-            submit, chunks, limit=slots, threads=threads, connections=connections, hold=hold
+            submit,
+            chunks,
+            limit=slots,
+            threads=threads,
+            connections=connections,
+            hold=hold,
+            on_result=lambda r: progress.advance(r.sent, r.failed),
         )
         logger.info("sent in %d chunks", chunks.chunks)
         return results, errors
@@ -273,6 +292,7 @@ def bounded_map(
     threads: int = 1,
     connections: int | None = None,
     hold: Callable[[int, bool], AbstractContextManager[Any] | None] | None = None,
+    on_result: Callable[[Any], None] | None = None,
 ) -> tuple[list[Any], list[BaseException]]:
     """Submit a task per item, ``submit(item, n)``, with at most ``limit`` running at once (task
     slots), each given ``n`` = up to ``threads`` connections, all together at most
@@ -280,6 +300,8 @@ def bounded_map(
     makes each item for the slot that takes it (``take(n)``, e.g. a ``Chunker``). Returns the
     results (in completion order) and the errors; after the first error no new item is
     started, the running ones finish.
+
+    ``on_result``, when given, is called with each result as it comes (the progress artifact).
 
     ``hold(n, wait)``, when given, takes a task slot's share of the server's concurrency limit:
     entered when the slot opens (before its first item) and left when the slot has no item
@@ -325,6 +347,8 @@ def bounded_map(
             idle.append(running.pop(done))
             try:
                 results.append(done.result())
+                if on_result is not None:
+                    on_result(results[-1])
             except BaseException as exc:
                 errors.append(exc)
                 source.clear()  # stop starting new chunks; let running ones finish

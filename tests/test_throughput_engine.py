@@ -350,8 +350,21 @@ def test_two_worker_processes_send_each_row_once_within_the_limit(
     assert len(copies) == 800 and set(copies.values()) == {1}
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(f"smtp:127.0.0.1:{server.port}")
+        progress = [
+            a
+            for a in client.read_artifacts(limit=200)
+            if a.type == "progress" and str(a.flow_run_id) == summary.run_id
+        ]
     assert limit.limit == 6  # created with the run's connections
     assert limit.active_slots == 0  # and released at the end
+    # the run's progress artifact: done, with the limits it ran under
+    assert [a.key for a in progress] == ["test-campaign-progress"]
+    assert progress[0].data == 100.0
+    assert "sent 800, failed 0" in (progress[0].description or "")
+    assert f"concurrency limit `smtp:127.0.0.1:{server.port}` (6 slots)" in (
+        progress[0].description or ""
+    )
+    assert "2 worker processes × 3 connections" in (progress[0].description or "")
 
 
 # -- a slow server: concurrency, not speed ----------------------------------------------------------
@@ -458,3 +471,17 @@ def test_slow_server_is_handled_by_concurrency(
     )
     assert summary.counts["sent"] == n and figures["messages"] == n
     assert took <= 1.3 * ideal
+
+
+def test_progress_describes_the_limits_without_prefect() -> None:
+    from tasks.progress import Limits, RunProgress
+
+    limits = Limits(connections=4, workers=1, threads=4, rate_limit=20)
+    progress = RunProgress("Spring Sale!", 10, limits)  # no Prefect API here: best effort
+    progress.advance(6, 1)
+    assert progress.key == "spring-sale-progress"
+    assert progress.percent == 70.0
+    text = progress.describe()
+    assert "sent 6, failed 1" in text
+    assert "20 msgs/s for the whole run, one slot every 0.05 s" in text
+    assert "concurrency limit: none" in text
