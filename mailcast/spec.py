@@ -118,8 +118,9 @@ class CampaignSpec(BaseModel):
         default=1,
         ge=1,
         le=64,
-        description="Worker processes that send (use the machine's cores: rendering and "
-        "building messages needs CPU). 1: threads in the flow's process. More: a process pool; "
+        description="Worker processes that send (rendering and building messages needs CPU: "
+        "use one more than the machine's cores). 1: threads in the flow's process. More: a "
+        "process pool; "
         "each process sends one chunk at a time over ceil(connections / workers) connections",
     )
     server_limit: bool = Field(
