@@ -372,6 +372,16 @@ def _open_slots(
     sizes: list[int] = []
     while len(sizes) < limit and sum(sizes) < budget:
         sizes.append(min(threads, budget - sum(sizes)))
+    # All of them in one acquisition when they are free now (one API call instead of one per
+    # slot; measured: 12 slots one by one took 2-3 s of a 2,000-recipient run). The lease is
+    # released when the last of these slots closes.
+    whole = hold(sum(sizes), False)
+    if whole is not None:
+        shared = _SharedHold(whole, len(sizes))
+        slots = [_Slot(n) for n in sizes]
+        for slot in slots:
+            slot.stack.callback(shared.leave)
+        return slots
     first = _Slot(sizes[0])
     first.stack.enter_context(hold(first.n, True))  # type: ignore[arg-type]
     slots = [first]
@@ -385,6 +395,20 @@ def _open_slots(
 
 
 _RETRY_HOLD = 2.0  # seconds before a task slot asks the concurrency limit again
+
+
+class _SharedHold:
+    """One acquisition shared by several task slots: left when the last of them leaves."""
+
+    def __init__(self, held: AbstractContextManager[Any], slots: int) -> None:
+        self.stack = ExitStack()
+        self.stack.enter_context(held)
+        self.left = slots
+
+    def leave(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.stack.close()
 
 
 class _Slot:

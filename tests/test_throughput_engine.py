@@ -299,9 +299,41 @@ def test_bounded_map_never_waits_for_the_limit_while_holding_part_of_it(
         lambda item, n: _Done(item), list(range(5)), limit=3, threads=2, hold=hold
     )
     assert sorted(results) == list(range(5))
-    assert asked[0] == (2, True)  # the first slot may wait: nothing is held yet
-    assert all(not wait for _, wait in asked[1:])  # the others only try
+    assert asked[0] == (6, False)  # all three slots at once, only if free now
+    assert asked[1] == (2, True)  # then the first slot may wait: nothing is held yet
+    assert all(not wait for _, wait in asked[2:])  # the others only try
     assert held == 0  # everything released at the end
+
+
+def test_bounded_map_takes_a_free_limit_in_one_acquisition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.campaign as campaign
+
+    monkeypatch.setattr(campaign, "as_completed", lambda futures, timeout=None: iter(futures))
+    asked: list[tuple[int, bool]] = []
+    events: list[str] = []
+
+    class Held:
+        def __enter__(self) -> None:
+            events.append("acquired")
+
+        def __exit__(self, *exc: object) -> None:
+            events.append("released")
+
+    def hold(n: int, wait: bool) -> Held:
+        asked.append((n, wait))
+        return Held()
+
+    def submit(item: int, n: int) -> _Done:
+        events.append(f"chunk {item}")
+        return _Done(item)
+
+    results, _ = campaign.bounded_map(submit, list(range(7)), limit=3, threads=2, hold=hold)
+    assert sorted(results) == list(range(7))
+    assert asked == [(6, False)]  # one API call for the three slots' six connections
+    assert events[0] == "acquired" and events[-1] == "released"
+    assert events.count("released") == 1 and len(events) == 9  # held across all 7 chunks
 
 
 def test_orphaned_leases_of_dead_processes_are_released(
