@@ -1,6 +1,6 @@
 """mailcast's benchmarks in one command::
 
-    python -m bench                 # everything, medians of 3 (~20 min on 2 cores)
+    python -m bench                 # everything, medians of 3 (~15 min on 2 cores)
     python -m bench --quick         # smoke run: small N, one repetition (~3 min)
     python -m bench --only raw,mailcast-e2e --repeat 5
 
@@ -8,8 +8,9 @@ Starts ``smtp-sink`` (installed on demand from Debian's postfix) and one Prefect
 whole run, writes deterministic recipient data, runs each repetition of each scenario in its own
 process (peak memory: the polled sum over the process tree) and prints a table: the figure, its
 baseline measured in the same invocation, the ratio, peak RSS, the target (issue 4) and whether
-it is met. Scenarios: raw, mailcast-e2e, compare (naive, mailmerge, mailcast on the same rows),
-million, slow-server, ingest, plan-copy, rate-limit.
+it is met. Scenarios: raw (one connection; and 3 processes × 4 connections as a reference),
+mailcast-e2e, compare (naive, mailmerge, mailcast on the same rows), million, slow-server, ingest,
+plan-copy, rate-limit.
 """
 
 from __future__ import annotations
