@@ -43,7 +43,7 @@ from tasks.send import (
     ChunkResult,
     check_message_task,
     check_transport_task,
-    drop_pacer,
+    drop_run_state,
     preload,
     send_chunk_task,
 )
@@ -243,7 +243,7 @@ def _send(
         logger.info("sent in %d chunks", chunks.chunks)
         return results, errors
     finally:
-        drop_pacer(run_id, attempt)
+        drop_run_state(run_id, attempt)
 
 
 def _warm_up(runner: ProcessPoolTaskRunner, workers: int) -> None:

@@ -55,11 +55,6 @@ class ClaimGroup:
     def record(self, outcomes: Sequence[Outcome]) -> None:
         self.store.record(outcomes)
 
-    def claim(
-        self, run_id: str, lo: int, hi: int, limit: int, exclude: Sequence[int] = ()
-    ) -> list[Claim]:
-        return self.store.claim(run_id, lo, hi, limit, exclude)
-
     def claim_ids(
         self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()
     ) -> list[Claim]:

@@ -139,21 +139,6 @@ def prepare_task(database_url: str, spec: CampaignSpec, target: Target, run_id: 
     return prepare_run(database_url, spec, target, run_id=run_id, flow_run_id=flow_run.get_id())
 
 
-@task(name="plan")
-def plan_task(
-    database_url: str,
-    spec: CampaignSpec,
-    table: RecipientTable,
-    target: Target,
-    run_id: str | None = None,
-) -> str:
-    from prefect.runtime import flow_run
-
-    return plan_run(
-        Ledger(database_url), spec, table, target, run_id=run_id, flow_run_id=flow_run.get_id()
-    )
-
-
 def full_chunk_rows(pending: int, chunk_size: int, threads: int) -> int:
     """The rows of a full chunk: the spec's ``chunk_size``, but at least ``ROWS_PER_CONNECTION``
     per connection of a chunk sent over several (a chunk costs a Prefect task run, a

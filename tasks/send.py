@@ -709,9 +709,11 @@ def run_pacer(run_id: str, rate: float | None, attempt: str = "") -> Pacer | Non
         return pacer
 
 
-def drop_pacer(run_id: str, attempt: str) -> None:
-    """After the send phase: close this process's pacer and remove the shared slot file."""
+def drop_run_state(run_id: str, attempt: str) -> None:
+    """After the send phase: forget the run's control, close this process's pacer and remove
+    the shared slot file."""
     with _pacers_lock:
+        _controls.pop((run_id, attempt), None)
         pacer = _pacers.pop((run_id, attempt), None)
     if pacer is not None:
         pacer.close()

@@ -49,11 +49,6 @@ def publish_figures(database_url: str, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-@task(name="suppression-list", retries=0, persist_result=False)
-def suppression_task(database_url: str) -> dict[str, str]:
-    return suppression_list(database_url)
-
-
 @task(name="after-send", retries=0)
 def after_send_task(database_url: str, run_id: str) -> int:
     """SMTP-time 5xx rejections → hard bounce events (and suppressions); publish the figures.

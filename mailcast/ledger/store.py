@@ -191,10 +191,6 @@ def _unindexed(column: Any) -> Any:
 class Store(Protocol):
     """What the send engine needs from the ledger."""
 
-    def claim(
-        self, run_id: str, lo: int, hi: int, limit: int, exclude: Sequence[int] = ()
-    ) -> list[Claim]: ...
-
     def pending_ids(self, run_id: str, lo: int, hi: int) -> list[int]: ...
 
     def claim_ids(
