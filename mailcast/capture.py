@@ -80,6 +80,13 @@ class CaptureSMTP(SMTP):
 
     connection: int = 0
     accepted: int = 0
+    counted: bool = False  # counted among the server's open connections
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.event_handler.server._connection_closed()
+        super().connection_lost(error)
 
     async def _handle_client(self) -> None:
         # aiosmtpd has no hook before its "220" greeting; ask the handler first, so that it can
@@ -101,7 +108,7 @@ class CaptureHandler:
 
     async def on_connect(self, smtp: CaptureSMTP) -> str | None:
         """Called before the greeting; return a status line to refuse the connection with it."""
-        smtp.connection = self.server._count_connection()
+        smtp.connection = self.server._count_connection(smtp)
         return None
 
     async def handle_MAIL(
@@ -203,6 +210,8 @@ class CaptureServer:
         self._messages: list[Captured] = []
         self._accepted: Counter[str] = Counter()
         self._connections = 0
+        self._open = 0
+        self._peak_open = 0
         self._seq = 0
         self._live = False
         self._controller: _Controller | None = None
@@ -302,6 +311,12 @@ class CaptureServer:
         with self._lock:
             return self._connections
 
+    @property
+    def peak_open(self) -> int:
+        """The most connections that were open at the same time."""
+        with self._lock:
+            return self._peak_open
+
     def accepted_count(self, address: str) -> int:
         """How many messages were accepted for this recipient (case-insensitive)."""
         with self._lock:
@@ -321,11 +336,18 @@ class CaptureServer:
 
     # -- called from the server thread -------------------------------------------------------
 
-    def _count_connection(self) -> int:
+    def _count_connection(self, smtp: CaptureSMTP) -> int:
         with self._lock:
             if self._live:
                 self._connections += 1
+                self._open += 1
+                self._peak_open = max(self._peak_open, self._open)
+                smtp.counted = True
             return self._connections
+
+    def _connection_closed(self) -> None:
+        with self._lock:
+            self._open -= 1
 
     def _authenticate(
         self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any

@@ -399,6 +399,68 @@ def test_two_worker_processes_send_each_row_once_within_the_limit(
     assert "2 worker processes × 3 connections" in (progress[0].description or "")
 
 
+class PacedHandler(CaptureHandler):
+    """Takes 20 ms per message, so two runs of a few hundred messages overlap in time."""
+
+    async def handle_DATA(self, smtp: CaptureSMTP, session: Session, envelope: Envelope) -> str:
+        import asyncio
+
+        await asyncio.sleep(0.02)
+        return await super().handle_DATA(smtp, session, envelope)
+
+
+class PacedServer(CaptureServer):
+    handler_class = PacedHandler
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [3, 6])
+def test_concurrent_runs_share_the_servers_connection_limit(
+    tmp_path: Path, prefect_harness: None, pg_url: str, size: int
+) -> None:
+    """Two runs at once, 3 connections each, against one server: with a limit of 3 slots the
+    server never sees more than 3 connections open at once; with 6, both runs send together
+    (which shows the runs do overlap, so the first case is the limit's doing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.campaign import send_campaign
+
+    specs = [
+        load_spec(
+            write_campaign(
+                tmp_path / name, people(450), attachments=False,
+                spec_extra={"connections": 3, "chunk_size": 100},
+            )
+        )
+        for name in ("a", "b")
+    ]  # fmt: skip
+    summaries: list[Any] = []
+    with PacedServer() as server:
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=f"smtp:127.0.0.1:{server.port}", limit=size)
+            )
+
+        def run(spec: Any) -> None:
+            summaries.append(
+                send_campaign(spec=spec, dry_run=False, smtp_url=server.url, database_url=pg_url)
+            )
+
+        runs = [threading.Thread(target=run, args=(spec,)) for spec in specs]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join(120)
+        peak = server.peak_open
+    print(f"two runs, limit {size}: at most {peak} connections open at once")
+    assert sorted(s.counts["sent"] for s in summaries) == [450, 450]
+    if size == 3:
+        assert peak <= 3
+    else:
+        assert peak > 3
+
+
 # -- a slow server: concurrency, not speed ----------------------------------------------------------
 
 
