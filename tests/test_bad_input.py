@@ -579,3 +579,28 @@ def test_flow_refuses_a_bad_attachment_before_planning(
         send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url, database_url=db)
     assert server.messages == []
     assert Ledger(db).runs() == []
+
+
+def test_a_bad_row_deep_in_the_file_stops_the_streamed_plan_and_leaves_no_run(
+    tmp_path: Path,
+) -> None:
+    """Prepare streams the rows into the ledger: an undecodable line at row 2,501 is found after
+    2,499 rows were written. The error names file:line, and the half-planned run is removed,
+    so nothing is sent and no run is left half-written."""
+    from mailcast.errors import RunNotFoundError, SourceError
+    from mailcast.spec import load_spec
+    from mailcast.transport.target import Target
+    from tasks.plan import prepare_run
+
+    spec = load_spec(write_campaign(tmp_path / "c", people(3000), attachments=False))
+    csv_path = Path(spec.base_dir) / str(spec.recipients.path)
+    lines = csv_path.read_bytes().split(b"\n")
+    lines[2500] = lines[2500].replace(b"@", b"\xff@", 1)
+    csv_path.write_bytes(b"\n".join(lines))
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with pytest.raises(SourceError) as err:
+        prepare_run(db, spec, Target(outbox=str(tmp_path / "out")), run_id="r1")
+    assert f"{csv_path}:2501" in str(err.value)
+    assert "encoding:" in str(err.value)  # what to do
+    with pytest.raises(RunNotFoundError):
+        Ledger(db).run("r1")
