@@ -82,10 +82,20 @@ class CaptureSMTP(SMTP):
     accepted: int = 0
     counted: bool = False  # counted among the server's open connections
 
-    def connection_lost(self, error: Exception | None) -> None:
+    def _closing(self) -> None:
         if self.counted:
             self.counted = False
             self.event_handler.server._connection_closed()
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        # Closed from here on: the client only closes its side (and, say, releases a
+        # concurrency slot) after the reply, and connection_lost may come later than that.
+        if not arg:
+            self._closing()
+        await super().smtp_QUIT(arg)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._closing()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:

@@ -400,12 +400,12 @@ def test_two_worker_processes_send_each_row_once_within_the_limit(
 
 
 class PacedHandler(CaptureHandler):
-    """Takes 20 ms per message, so two runs of a few hundred messages overlap in time."""
+    """Takes 40 ms per message, so two runs of a few hundred messages overlap in time."""
 
     async def handle_DATA(self, smtp: CaptureSMTP, session: Session, envelope: Envelope) -> str:
         import asyncio
 
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.04)
         return await super().handle_DATA(smtp, session, envelope)
 
 
