@@ -104,6 +104,12 @@ def _send_campaign(
     run_id = run_id or flow_run.get_id() or str(uuid.uuid4())
     target = _target(settings, dry_run, smtp_block, smtp_url, outbox_dir, run_id)
     resume = resume or run_planned_task(database_url, run_id)
+    # the SMTP server's concurrency limit (name, size): every connection of the run holds it
+    limit = (
+        server_limit_task(target, spec.connections)
+        if spec.server_limit and not target.dry_run
+        else None
+    )
 
     with ExitStack() as stack:
         runner = None
@@ -120,7 +126,7 @@ def _send_campaign(
             check_message_task(spec)  # sender, attachments: refused before the run is planned
             check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
             if not target.dry_run:
-                check_transport_task(target)
+                check_transport_task(target, limit)
             planned = prepare_task(database_url, spec, target, run_id)
             logger.info(
                 "run %s planned: %d recipients, %d to send (%s)",
@@ -131,8 +137,8 @@ def _send_campaign(
             )
 
         if resume and not target.dry_run:
-            check_transport_task(target)
-        results, errors = _send(spec, run_id, database_url, target, runner)
+            check_transport_task(target, limit)
+        results, errors = _send(spec, run_id, database_url, target, runner, limit)
     total = ChunkResult()
     for result in results:
         total.add(result)
@@ -170,14 +176,14 @@ def _send(
     database_url: str,
     target: Target,
     runner: ProcessPoolTaskRunner | None,
+    limit: tuple[str, int | None] | None,
 ) -> tuple[list[ChunkResult], list[BaseException]]:
     """Send the run's pending rows: chunk tasks in this process (``runner`` None) or in the
-    worker processes, within the server's concurrency limit."""
+    worker processes, within the server's concurrency ``limit`` (name, size)."""
     from mailcast.ledger.store import Ledger
 
     logger = get_run_logger()
     connections = spec.connections
-    limit = server_limit_task(target, connections) if spec.server_limit else None
     if limit is not None:
         name, size = limit
         if size is not None and size < connections:

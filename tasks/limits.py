@@ -87,6 +87,8 @@ def holding(name: str, slots: int, *, wait: bool = True) -> AbstractContextManag
     from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
     from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
+    if not wait and not _free(name, slots):
+        return None  # looked taken: not asked for (Prefect logs a refused try as an ERROR)
     try:
         response = acquire_concurrency_slots_with_lease(
             [name],
@@ -103,6 +105,19 @@ def holding(name: str, slots: int, *, wait: bool = True) -> AbstractContextManag
             return None  # taken: ask again later
         raise
     return _held(name, slots, response)
+
+
+def _free(name: str, slots: int) -> bool:
+    """Whether ``slots`` slots of ``name`` look free right now (the acquisition still decides)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return True
+    return not limit.active or limit.active_slots + slots <= limit.limit
 
 
 @contextlib.contextmanager

@@ -937,14 +937,21 @@ def _never(task: object, task_run: object, state: object) -> bool:
 # retries=1 with a condition that never retries: Prefect then fails the task without logging a
 # traceback (retries=0 logs one); the error is the user's to fix, and the CLI prints one line.
 @task(name="check-smtp", retries=1, retry_condition_fn=_never)
-def check_transport_task(target: Target) -> str:
+def check_transport_task(target: Target, limit: tuple[str, int | None] | None = None) -> str:
     """Connect (and log in) once before any row is touched: wrong credentials or TLS stop the
-    run here, with host:port in the message, before a single recipient is marked."""
+    run here, with host:port in the message, before a single recipient is marked. With the
+    server's concurrency ``limit`` (name, size), the probe holds one of its slots: it is a
+    connection like any other."""
+    from contextlib import nullcontext
+
     from mailcast.transport.target import make_transport
+    from tasks.limits import holding
 
     transport = make_transport(target)
-    transport.open()
-    transport.close()
+    held = holding(limit[0], 1) if limit is not None and limit[1] is not None else None
+    with held or nullcontext():
+        transport.open()
+        transport.close()
     return transport.where
 
 
