@@ -23,10 +23,10 @@ from bench.scenarios import peak_rss_mb, write_recipients
 def measure(path: Path) -> dict[str, Any]:
     """One measurement on the CSV at ``path``: the csv.reader floor, then mailcast's ingest +
     validate + dedupe (``seconds``), with the number of rows and of rows rejected with a reason."""
+    from mailcast.recipients.dedupe import dedupe_recipients
+    from mailcast.recipients.sources import read_recipients
+    from mailcast.recipients.validate import validate_recipients
     from mailcast.spec import RecipientSource
-    from tasks.dedupe import dedupe_recipients
-    from tasks.ingest import read_recipients
-    from tasks.validate import validate_recipients
 
     t = time.perf_counter()
     with path.open(newline="", encoding="utf-8") as fh:

@@ -260,7 +260,8 @@ def mailcast(
     """The real ``send_campaign`` flow on n rows: ingest, validate, dedupe, plan, render, send,
     ledger. ``seconds`` is the flow call's wall time (Prefect's import and server start are not
     in it; the orchestrator reads the send phase from the ledger)."""
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
+
     from mailcast.spec import load_spec
 
     spec = load_spec(campaign(workdir / f"campaign-{n}", n, **spec_extra))

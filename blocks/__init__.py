@@ -1,5 +1,5 @@
 """Prefect blocks for mailcast (`prefect block register -m blocks` registers them)."""
 
-from blocks.smtp import SmtpServer
+from mailcast.blocks.smtp import SmtpServer
 
 __all__ = ["SmtpServer"]

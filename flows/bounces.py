@@ -8,11 +8,12 @@ MAILCAST_BOUNCE_IMAP_URL with MAILCAST_BOUNCE_IMAP_PASSWORD[_BLOCK]).
 
 from __future__ import annotations
 
+from mailcast.tasks.bounces import process_mailbox_task
+from mailcast.tasks.tracking import publish_figures
 from prefect import flow, get_run_logger
 
+from mailcast.engagement.processing import BounceSummary
 from mailcast.settings import Settings
-from tasks.bounces import BounceSummary, process_mailbox_task
-from tasks.tracking import publish_figures
 
 
 @flow(name="process-bounces", log_prints=True, validate_parameters=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from mailcast.tasks.report import export_task
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from mailcast.settings import Settings
-from tasks.report import export_task
 
 
 @flow(name="export-run", log_prints=True)

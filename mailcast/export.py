@@ -108,3 +108,12 @@ def export_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str) -> int:
 def export_run(ledger: Ledger, run_id: str, out: Path, fmt: str) -> int:
     run = ledger.run(run_id)
     return export_rows(ledger.deliveries(run.id), out, fmt)
+
+
+def export_report(database_url: str, run_id: str, fmt: str, out: str | None) -> tuple[str, int]:
+    """Export run ``run_id`` (a unique prefix will do) to ``out`` (default
+    ``mailcast-<run>.<fmt>``); returns the path and the number of rows."""
+    ledger = Ledger(database_url)
+    run = ledger.run(run_id)
+    path = Path(out) if out else Path(f"mailcast-{run.id}.{fmt}")
+    return str(path), export_run(ledger, run.id, path, fmt)

@@ -1,3 +1,3 @@
-"""The pipeline steps, in the order a recipient row meets them:
-ingest → validate → dedupe → plan (ledger rows) → render → send.
-Each module holds plain functions and a thin ``@task`` wrapper; tests call the functions."""
+"""Thin ``@task`` wrappers around library calls (``mailcast.*``), and the Prefect adapters:
+concurrency limits (``limits``), artifacts (``progress``, ``summary``, ``tracking``), the chunk
+dispatcher (``dispatch``). Installed as ``mailcast.tasks``; the library never imports it."""

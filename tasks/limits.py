@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from mailcast.transport.target import Target
-from tasks._prefect import task
+from mailcast.tasks._prefect import task
+
+from mailcast.transport.factory import Target
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
@@ -51,7 +52,7 @@ def limit_name(target: Target) -> str | None:
         return None
     if target.smtp_block:
         return f"smtp:{target.smtp_block}"
-    from mailcast.transport.target import smtp_config
+    from mailcast.transport.factory import smtp_config
 
     config = smtp_config(target)
     return f"smtp:{config.host.lower()}:{config.port}"

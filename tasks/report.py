@@ -1,19 +1,10 @@
-"""Export a run's per-recipient ledger (CSV, JSON, XLSX, Parquet), streamed in batches."""
+"""The ``export-report`` task: a run's per-recipient ledger as CSV, JSON, XLSX or Parquet."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from mailcast.tasks._prefect import task
 
-from mailcast.export import export_run
-from mailcast.ledger.store import Ledger
-from tasks._prefect import task
-
-
-def export_report(database_url: str, run_id: str, fmt: str, out: str | None) -> tuple[str, int]:
-    ledger = Ledger(database_url)
-    run = ledger.run(run_id)
-    path = Path(out) if out else Path(f"mailcast-{run.id}.{fmt}")
-    return str(path), export_run(ledger, run.id, path, fmt)
+from mailcast.export import export_report
 
 
 @task(name="export-report")

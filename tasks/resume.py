@@ -1,25 +1,11 @@
-"""Resume a run: rows left in flight by a crash become ``unknown`` (reported; re-sent only on
-request), and the run picks up exactly the rows that are not final."""
+"""Resuming a run: is it planned already, and reopen its rows."""
 
 from __future__ import annotations
 
-from mailcast.errors import RunNotFoundError
-from mailcast.ledger.models import FAILED, UNKNOWN, utcnow
+from mailcast.tasks._prefect import task
+
+from mailcast.engine.resume import reopen_run, run_planned
 from mailcast.ledger.store import Ledger
-from tasks._prefect import task
-
-
-def reopen_run(
-    ledger: Ledger, run_id: str, *, resend_unknown: bool = False, retry_failed: bool = False
-) -> dict[str, int]:
-    run_id = ledger.run(run_id).id
-    changed = {"unknown": ledger.mark_unknown(run_id), "reopened": 0}
-    if resend_unknown:
-        changed["reopened"] += ledger.reopen(run_id, [UNKNOWN])
-    if retry_failed:
-        changed["reopened"] += ledger.reopen(run_id, [FAILED], temporary_only=True)
-    ledger.set_run(run_id, status="sending", finished_at=None, started_at=utcnow())
-    return changed
 
 
 @task(name="reopen-run")
@@ -29,14 +15,6 @@ def reopen_task(
     return reopen_run(
         Ledger(database_url), run_id, resend_unknown=resend_unknown, retry_failed=retry_failed
     )
-
-
-def run_planned(ledger: Ledger, run_id: str) -> bool:
-    """Has this run been planned already (its rows written)?"""
-    try:
-        return ledger.run(run_id).status != "planning"
-    except RunNotFoundError:
-        return False
 
 
 @task(name="run-planned")

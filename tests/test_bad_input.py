@@ -26,15 +26,15 @@ from typer.testing import CliRunner, Result
 
 from mailcast.capture import CaptureServer
 from mailcast.cli import app
+from mailcast.compose.composer import envelope_address
+from mailcast.compose.mime import MessageBuilder, clean_header_value
+from mailcast.compose.templates import CampaignTemplates
 from mailcast.errors import AttachmentError, RunStopped, TemplateError
 from mailcast.ledger.store import Ledger
 from mailcast.recipients import Recipient
+from mailcast.recipients.validate import validate_recipients
 from mailcast.spec import spec_from_dict
 from mailcast.transport.smtp import SmtpConfig, SmtpTransport
-from tasks.message import MessageBuilder, clean_header_value
-from tasks.render import CampaignTemplates
-from tasks.send import envelope_address
-from tasks.validate import validate_recipients
 from tests.campaigns import people, write_campaign
 from tests.test_faults import plan
 
@@ -570,7 +570,8 @@ def test_flow_refuses_a_bad_attachment_before_planning(
     tmp_path: Path, server: CaptureServer
 ) -> None:
     """Started without the CLI (a deployment): still refused before the run is planned."""
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
+
     from mailcast.spec import load_spec
 
     spec = write_campaign(tmp_path, people(3), spec_extra={"attachments": ["files/nope.pdf"]})
@@ -588,9 +589,9 @@ def test_a_bad_row_deep_in_the_file_stops_the_streamed_plan_and_leaves_no_run(
     2,499 rows were written. The error names file:line, and the half-planned run is removed,
     so nothing is sent and no run is left half-written."""
     from mailcast.errors import RunNotFoundError, SourceError
+    from mailcast.recipients.prepare import prepare_run
     from mailcast.spec import load_spec
-    from mailcast.transport.target import Target
-    from tasks.plan import prepare_run
+    from mailcast.transport.factory import Target
 
     spec = load_spec(write_campaign(tmp_path / "c", people(3000), attachments=False))
     csv_path = Path(spec.base_dir) / str(spec.recipients.path)

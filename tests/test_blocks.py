@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 
+import mailcast.blocks
 import pytest
+from mailcast.blocks import SmtpServer
 from prefect.blocks.core import Block
 from pydantic import SecretStr, ValidationError
 
-from blocks import SmtpServer
 from mailcast.transport.smtp import SmtpConfig
 
 PASSWORD = "bl0ck-Secret!"
@@ -60,9 +61,8 @@ def test_password_is_secret_and_masked() -> None:
 
 def test_block_register_finds_the_block() -> None:
     # `prefect block register -m blocks` registers every Block class among the module's members
-    import blocks
 
-    found = [cls for _, cls in inspect.getmembers(blocks) if Block.is_block_class(cls)]
+    found = [cls for _, cls in inspect.getmembers(mailcast.blocks) if Block.is_block_class(cls)]
     assert found == [SmtpServer]
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from mailcast.engagement import bounces, tokens
+from mailcast.engagement.mailbox import MaildirInbox
+from mailcast.engagement.processing import process_mailbox, record_smtp_bounces
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
-from mailcast.tracking import bounces, tokens
-from mailcast.tracking.inbox import MaildirInbox
-from tasks.bounces import process_mailbox, record_smtp_bounces
 
 SECRET = b"bounce-test-secret-0123456789"
 DOMAIN = "mailcast.example"
@@ -655,7 +655,7 @@ def test_smtp_time_rejections_become_hard_bounce_events_once(db_url: str) -> Non
 def test_the_process_bounces_flow(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.bounces import process_bounces
+    from mailcast.flows.bounces import process_bounces
 
     monkeypatch.setenv("MAILCAST_TRACKING_SECRET", SECRET.decode())
     s = Sent(db_url)

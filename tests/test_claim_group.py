@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from mailcast.engine.claim_group import ClaimGroup
 from mailcast.ledger.store import Claim, Ledger, Outcome
-from tasks.claim_group import ClaimGroup
 from tests.test_ledger import _run
 
 

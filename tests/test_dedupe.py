@@ -1,14 +1,14 @@
-"""tasks.dedupe: the first row of an address is kept, later ones are marked duplicates."""
+"""mailcast.recipients.dedupe: the first row of an address is kept, later ones are marked duplicates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mailcast.recipients import Recipient, RecipientTable
+from mailcast.recipients.dedupe import dedupe_recipients
+from mailcast.recipients.sources import read_recipients
+from mailcast.recipients.validate import summarize, validate_recipients
 from mailcast.spec import RecipientSource
-from tasks.dedupe import dedupe_recipients, dedupe_task
-from tasks.ingest import read_recipients
-from tasks.validate import summarize, validate_recipients
 
 
 def rows(*specs: tuple[int, str, str | None]) -> RecipientTable:
@@ -72,6 +72,6 @@ def test_ingest_validate_dedupe(tmp_path: Path) -> None:
     assert summarize(table) == {"ok": 2, "duplicate": 2, "invalid address": 1}
 
 
-def test_dedupe_task_wrapper() -> None:
+def test_dedupe_recipients_names_the_first_row() -> None:
     table = rows((2, "a@x.org", "a@x.org"), (3, "a@x.org", "a@x.org"))
-    assert dedupe_task.fn(table).rows[1].reason == "duplicate of row 2"
+    assert dedupe_recipients(table).rows[1].reason == "duplicate of row 2"

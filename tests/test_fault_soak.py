@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mailcast.engine.control import RunControl
 from mailcast.spec import CampaignSpec
-from tasks.send import RunControl
 from tests.smtp_faults import Event, FaultyServer, Rule, chaos_rules
 from tests.test_faults import plan
 

@@ -1,7 +1,7 @@
 """Hostile SMTP servers: one test per fault of issue 5, each asserting the ledger's final state
 (status, reason, attempts, SMTP code per recipient) and what the server actually accepted.
 
-The engine is driven directly (``tasks.send.deliver_chunk`` with a real ``Ledger`` on SQLite and
+The engine is driven directly (``mailcast.engine.chunk.send_chunk`` with a real ``Ledger`` on SQLite and
 the real SMTP transport against the fault-injecting server in ``tests/smtp_faults.py``); the
 last tests go through the CLI and the Prefect flow.
 """
@@ -20,15 +20,17 @@ import pytest
 from typer.testing import CliRunner
 
 from mailcast.capture import CaptureServer
+from mailcast.engine.chunk import send_chunk
+from mailcast.engine.control import RunControl
+from mailcast.engine.loop import ChunkResult
+from mailcast.engine.summary import finish_run, summarize_run
 from mailcast.errors import AuthError, RunStopped, TlsError
 from mailcast.ledger.store import Ledger
+from mailcast.recipients.prepare import plan_run
+from mailcast.recipients.sources import read_recipients
+from mailcast.recipients.validate import validate_recipients
 from mailcast.spec import CampaignSpec, load_spec
-from mailcast.transport.target import Target
-from tasks.ingest import read_recipients
-from tasks.plan import plan_run
-from tasks.send import ChunkResult, RunControl, deliver_chunk
-from tasks.summary import finish_run, summarize_run
-from tasks.validate import validate_recipients
+from mailcast.transport.factory import Target
 from tests.campaigns import people, write_campaign
 from tests.smtp_faults import Event, FaultyServer, Rule
 
@@ -65,9 +67,7 @@ class Run:
         total = ChunkResult()
         with ThreadPoolExecutor(len(ranges) or 1) as pool:
             futures = [
-                pool.submit(
-                    deliver_chunk, self.spec, self.run_id, r, self.db, target, control=control
-                )
+                pool.submit(send_chunk, self.spec, self.run_id, r, self.db, target, control=control)
                 for r in ranges
             ]
             errors = []
@@ -465,7 +465,7 @@ def test_auth_failing_mid_run_stops_the_run_without_failing_anyone(
 
 
 def test_consecutive_failures_pause_the_run_then_resume_finishes_it(tmp_path: Path) -> None:
-    from tasks.resume import reopen_run
+    from mailcast.engine.resume import reopen_run
 
     blocked = Rule("RCPT", reply="550 5.7.1 Service unavailable; client host blocked")
     with FaultyServer(blocked) as server:
@@ -501,9 +501,9 @@ def test_consecutive_failures_pause_the_run_then_resume_finishes_it(tmp_path: Pa
 
 def test_unexpected_error_mid_send_leaves_the_row_unknown(tmp_path: Path) -> None:
     """Something unforeseen after the message left: the row is `unknown`, never re-sent."""
+    from mailcast.engine.loop import run_connection
     from mailcast.ledger.store import Claim
     from mailcast.transport.smtp import SmtpConfig, SmtpTransport
-    from tasks.send import send_chunk
 
     class Exploding(SmtpTransport):
         def send(self, sender: str, recipient: str, message: bytes) -> Any:
@@ -520,7 +520,7 @@ def test_unexpected_error_mid_send_leaves_the_row_unknown(tmp_path: Path) -> Non
 
         lo, hi = run.ledger.id_ranges(run.run_id, 100)[0]
         with pytest.raises(RuntimeError):
-            send_chunk(
+            run_connection(
                 run.ledger, Exploding(SmtpConfig.from_url(server.url)), compose,
                 "s@example.com", run.run_id, lo, hi,
             )  # fmt: skip
@@ -588,7 +588,7 @@ def test_cli_send_pauses_with_the_reason_and_resume_finishes(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_flow_stops_on_tls_failure_before_planning(tmp_path: Path) -> None:
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     spec = load_spec(write_campaign(tmp_path, people(5), attachments=False))

@@ -1,4 +1,4 @@
-"""tasks.ingest: CSV/TSV/XLSX/SQL recipient sources, their error messages and a round-trip property."""
+"""mailcast.recipients.sources: CSV/TSV/XLSX/SQL recipient sources, their error messages and a round-trip property."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailcast.errors import SourceError, SpecError
+from mailcast.recipients.sources import mask_url, read_recipients
 from mailcast.spec import RecipientSource, SqlSource
-from tasks.ingest import ingest_task, mask_url, read_recipients
 
 
 def src(path: str | Path, **kw: object) -> RecipientSource:
@@ -534,6 +534,6 @@ def test_postgres_source() -> None:
         engine.dispose()
 
 
-def test_ingest_task_wrapper_is_plain_callable(tmp_path: Path) -> None:
+def test_read_recipients_is_plain_callable(tmp_path: Path) -> None:
     write(tmp_path, "r.csv", "email\na@x.org\n")
-    assert ingest_task.fn(src("r.csv"), str(tmp_path)).rows[0].address == "a@x.org"
+    assert read_recipients(src("r.csv"), str(tmp_path)).rows[0].address == "a@x.org"

@@ -158,7 +158,7 @@ def test_outdated_schema_is_refused_with_a_hint(tmp_path) -> None:
 
 
 def test_planning_again_after_a_crash_reuses_the_run(db_url: str) -> None:
-    from tasks.resume import run_planned
+    from mailcast.engine.resume import run_planned
 
     ledger = Ledger(db_url)
     run_id = ledger.create_run("c3", {}, dry_run=True, transport=None)

@@ -1,4 +1,4 @@
-"""tasks.message: the bytes built must parse (stdlib, policy.default) into exactly what was meant."""
+"""mailcast.compose.mime: the bytes built must parse (stdlib, policy.default) into exactly what was meant."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailcast.errors import AttachmentError, SpecError
-from mailcast.spec import CampaignSpec
-from tasks.message import (
+from mailcast.compose.mime import (
     MessageBuilder,
     check_address,
     clean_header_value,
     encode_header,
     encoded_words,
 )
-from tasks.render import Rendered
+from mailcast.compose.templates import Rendered
+from mailcast.errors import AttachmentError, SpecError
+from mailcast.spec import CampaignSpec
 
 HYPOTHESIS = settings(
     max_examples=75, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

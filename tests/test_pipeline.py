@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def run(spec_path: Path, db: str, **params: Any) -> Any:
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     return send_campaign(spec=load_spec(spec_path), database_url=db, **params)
 

@@ -18,8 +18,8 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from mailcast.capture import CaptureHandler, CaptureServer, CaptureSMTP
+from mailcast.engine.pacing import Pacer
 from mailcast.spec import load_spec
-from tasks.send import Pacer
 from tests.campaigns import people, write_campaign
 
 
@@ -89,7 +89,7 @@ def test_pacer_shared_by_processes_keeps_one_rate(tmp_path: Path) -> None:
 def test_rate_limit_across_workers(tmp_path: Path, prefect_harness: None, pg_url: str) -> None:
     """20 msgs/s with two worker processes: 20 ± 1 msgs/s over the window, and no second far
     from 20 (a burst-then-sleep limiter would show 40s and 0s)."""
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     rate = 20
     window = int(os.environ.get("MAILCAST_RATE_WINDOW", "15"))

@@ -1,4 +1,4 @@
-"""tasks.render: compiling, checking and rendering a campaign's templates."""
+"""mailcast.compose.templates: compiling, checking and rendering a campaign's templates."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from mailcast.compose.templates import CampaignTemplates, Rendered, check_templates, looks_inline
 from mailcast.errors import SpecError, TemplateError
 from mailcast.recipients import Recipient
 from mailcast.spec import CampaignSpec
-from tasks.render import CampaignTemplates, Rendered, check_templates, looks_inline
 
 COLUMNS = ["email", "first_name", "First Name", "plan"]
 

@@ -21,11 +21,11 @@ import pytest
 from sqlalchemy import insert, update
 from typer.testing import CliRunner
 
+from mailcast.engagement import record
+from mailcast.engagement.report_page import CLICK_COLOR, OPEN_COLOR, load_report, render_html
 from mailcast.ledger.models import Delivery, Event
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
-from mailcast.tracking import record
-from mailcast.tracking.report_page import CLICK_COLOR, OPEN_COLOR, load_report, render_html
 
 CHROMIUM = os.environ.get("MAILCAST_TEST_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_retry_failed_resends_only_temporary_failures(tmp_path: Path) -> None:
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     spec = load_spec(
@@ -64,9 +64,8 @@ def test_retry_failed_resends_only_temporary_failures(tmp_path: Path) -> None:
 
 def test_export_run_flow_writes_the_ledger(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
-
-    from flows.campaign import send_campaign
-    from flows.export import export_run
+    from mailcast.flows.campaign import send_campaign
+    from mailcast.flows.export import export_run
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     spec = load_spec(write_campaign(tmp_path, people(25), attachments=False))

@@ -157,7 +157,8 @@ def test_password_never_appears_anywhere(
         texts += [refused.output, refused.stderr, refused.stdout]
 
         # the same through the flow directly (a deployment): the exception itself
-        from flows.campaign import send_campaign
+        from mailcast.flows.campaign import send_campaign
+
         from mailcast.spec import load_spec
 
         with pytest.raises(AuthError) as info:
@@ -192,7 +193,7 @@ def test_password_never_appears_anywhere(
 
 
 def test_repr_of_everything_holding_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailcast.transport.target import Target, make_transport, smtp_config
+    from mailcast.transport.factory import Target, make_transport, smtp_config
 
     monkeypatch.setenv("MAILCAST_SMTP_PASSWORD", PASSWORD)
     target = Target(smtp_url=f"smtp://{USER}@127.0.0.1:2525?security=none")

@@ -14,20 +14,23 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from mailcast.capture import CaptureHandler, CaptureServer, CaptureSMTP
+from mailcast.engine.chunk import send_chunk
+from mailcast.engine.chunking import TAIL_ROWS_PER_CONNECTION, Chunker
+from mailcast.engine.control import RunControl
+from mailcast.engine.loop import ChunkWork
 from mailcast.ledger.store import Ledger
+from mailcast.recipients.prepare import plan_run
 from mailcast.spec import load_spec
-from mailcast.transport.target import Target
-from tasks.plan import TAIL_ROWS_PER_CONNECTION, Chunker, plan_run
-from tasks.send import ChunkWork, RunControl, deliver_chunk
+from mailcast.transport.factory import Target
 from tests.campaigns import people, write_campaign
 
 FAST = {"retry_base_seconds": 0.05, "max_retry_seconds": 30}
 
 
 def _planned(folder: Path, db: str, n: int, **spec_extra: Any) -> tuple[Any, str, Ledger]:
-    from tasks.dedupe import dedupe_recipients
-    from tasks.ingest import read_recipients
-    from tasks.validate import validate_recipients
+    from mailcast.recipients.dedupe import dedupe_recipients
+    from mailcast.recipients.sources import read_recipients
+    from mailcast.recipients.validate import validate_recipients
 
     spec = load_spec(
         write_campaign(folder, people(n), attachments=False, spec_extra={**FAST, **spec_extra})
@@ -46,7 +49,7 @@ def test_a_chunk_over_four_connections_sends_each_row_once(tmp_path: Path, db_ur
     with CaptureServer() as server:
         (bounds,) = ledger.id_ranges(run_id, 1000)
         target = Target(smtp_url=server.url)
-        result = deliver_chunk(spec, run_id, bounds, db_url, target, threads=4)
+        result = send_chunk(spec, run_id, bounds, db_url, target, threads=4)
         copies = Counter(m.rcpt_tos[0] for m in server.messages)
     assert result.sent == 300
     assert len(copies) == 300 and set(copies.values()) == {1}
@@ -59,7 +62,7 @@ def test_a_small_chunk_opens_no_more_connections_than_rows(tmp_path: Path) -> No
     spec, run_id, ledger = _planned(tmp_path, db, 3)
     with CaptureServer() as server:
         (bounds,) = ledger.id_ranges(run_id, 1000)
-        deliver_chunk(spec, run_id, bounds, db, Target(smtp_url=server.url), threads=8)
+        send_chunk(spec, run_id, bounds, db, Target(smtp_url=server.url), threads=8)
     assert len(server.messages) == 3
     assert server.connections <= 3
 
@@ -95,7 +98,7 @@ def test_retries_wait_for_their_backoff_whichever_thread_takes_them(tmp_path: Pa
     with FlakyServer() as server:
         (bounds,) = ledger.id_ranges(run_id, 1000)
         started = time.monotonic()
-        result = deliver_chunk(
+        result = send_chunk(
             spec, run_id, bounds, db, Target(smtp_url=server.url), threads=4,
             control=RunControl(retry_base=0.4, pause_after_failures=0),
         )  # fmt: skip
@@ -259,7 +262,7 @@ class _Done:
 def test_bounded_map_gives_each_slot_its_connections_within_the_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import flows.campaign as campaign
+    import mailcast.tasks.dispatch as campaign
 
     monkeypatch.setattr(campaign, "as_completed", lambda futures, timeout=None: iter(futures))
     given: list[int] = []
@@ -276,7 +279,7 @@ def test_bounded_map_never_waits_for_the_limit_while_holding_part_of_it(
 ) -> None:
     """Two runs sharing a limit must not deadlock: beyond the first slot, a slot that cannot get
     its share right now is skipped (and asked for again later)."""
-    import flows.campaign as campaign
+    import mailcast.tasks.dispatch as campaign
 
     monkeypatch.setattr(campaign, "as_completed", lambda futures, timeout=None: iter(futures))
     asked: list[tuple[int, bool]] = []
@@ -308,7 +311,7 @@ def test_bounded_map_never_waits_for_the_limit_while_holding_part_of_it(
 def test_bounded_map_takes_a_free_limit_in_one_acquisition(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import flows.campaign as campaign
+    import mailcast.tasks.dispatch as campaign
 
     monkeypatch.setattr(campaign, "as_completed", lambda futures, timeout=None: iter(futures))
     asked: list[tuple[int, bool]] = []
@@ -342,8 +345,7 @@ def test_orphaned_leases_of_dead_processes_are_released(
     import uuid
 
     import prefect.concurrency._sync as sync
-
-    from tasks import limits
+    from mailcast.tasks import limits
 
     monkeypatch.setattr(limits.tempfile, "gettempdir", lambda: str(tmp_path))
     released: list[uuid.UUID] = []
@@ -365,9 +367,8 @@ def test_orphaned_leases_of_dead_processes_are_released(
 def test_two_worker_processes_send_each_row_once_within_the_limit(
     tmp_path: Path, prefect_harness: None, pg_url: str
 ) -> None:
+    from mailcast.flows.campaign import send_campaign
     from prefect.client.orchestration import get_client
-
-    from flows.campaign import send_campaign
 
     spec = write_campaign(
         tmp_path, people(800), attachments=False,
@@ -421,10 +422,9 @@ def test_concurrent_runs_share_the_servers_connection_limit(
     """Two runs at once, 3 connections each, against one server: with a limit of 3 slots the
     server never sees more than 3 connections open at once; with 6, both runs send together
     (which shows the runs do overlap, so the first case is the limit's doing)."""
+    from mailcast.flows.campaign import send_campaign
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    from flows.campaign import send_campaign
 
     specs = [
         load_spec(
@@ -536,7 +536,7 @@ def slow_run(
 ) -> tuple[float, dict[str, Any], Any]:
     """Send ``n`` recipients to a slow server; (seconds from the first MAIL to the last
     accepted message, the server's figures, the run's summary)."""
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     spec = write_campaign(
         folder, people(n), attachments=False,
@@ -568,7 +568,7 @@ def test_slow_server_is_handled_by_concurrency(
 
 
 def test_progress_describes_the_limits_without_prefect() -> None:
-    from tasks.progress import Limits, RunProgress
+    from mailcast.tasks.progress import Limits, RunProgress
 
     limits = Limits(connections=4, workers=1, threads=4, rate_limit=20)
     progress = RunProgress("Spring Sale!", 10, limits)  # no Prefect API here: best effort

@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
+from mailcast.engagement import record, tokens
+from mailcast.engagement.links import Tracker
+from mailcast.engagement.tokens import BOUNCE, CLICK, OPEN, UNSUBSCRIBE
 from mailcast.ledger.models import Event, Suppression
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
-from mailcast.tracking import record, tokens
-from mailcast.tracking.app import PIXEL, create_app
-from mailcast.tracking.links import Tracker
-from mailcast.tracking.tokens import BOUNCE, CLICK, OPEN, UNSUBSCRIBE
+from mailcast.web.tracking import PIXEL, create_app
 
 SECRET = b"test-secret-0123456789abcdef"
 OTHER_SECRET = b"another-secret-0123456789abcdef"
@@ -308,7 +308,7 @@ def test_a_recording_failure_still_returns_the_pixel(
         raise RuntimeError("database is on fire")
 
     monkeypatch.setattr(record, "record_event", broken)
-    with caplog.at_level(logging.ERROR, logger="mailcast.tracking"):
+    with caplog.at_level(logging.ERROR, logger="mailcast.engagement"):
         r = call(app, "GET", f"/o/{tokens.make(SECRET, OPEN, world.bob)}.gif")
     assert r.status_code == 200 and r.content == PIXEL
     assert "could not record the open event" in caplog.text
@@ -318,7 +318,7 @@ def test_a_recording_failure_still_returns_the_pixel(
 def test_the_tracker_rewrites_only_trackable_links_and_the_service_follows_them(
     world: World,
 ) -> None:
-    from tasks.render import Rendered
+    from mailcast.compose.templates import Rendered
 
     tracker = Tracker(
         run_id=world.run_a, engine=world.ledger.engine, secret=SECRET,

@@ -23,9 +23,9 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from mailcast.engagement import tokens
 from mailcast.ledger.store import Ledger
 from mailcast.spec import load_spec
-from mailcast.tracking import tokens
 from tests.campaigns import people, write_campaign
 
 SECRET = "e2e-tracking-secret-0123456789"
@@ -61,7 +61,7 @@ class Service:
     def __init__(self, database_url: str) -> None:
         import uvicorn
 
-        from mailcast.tracking.app import create_app
+        from mailcast.web.tracking import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -125,7 +125,7 @@ def wait_for(check: Any, timeout: float = 15.0) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness", "tracking_env")
 def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_url: str) -> None:
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     tag = uuid.uuid4().hex[:6]  # own addresses: an unsubscribe is for every later campaign
     rows = [dict(r, email=f"person{i}-{tag}@example.com") for i, r in enumerate(people(6))]
@@ -281,7 +281,7 @@ def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_ur
 @pytest.mark.usefixtures("prefect_harness")
 def test_tracking_off_adds_nothing(tmp_path: Path, db_url: str) -> None:
     """No tracking_base_url: no pixel, links as written, no List-Unsubscribe, no secret needed."""
-    from flows.campaign import send_campaign
+    from mailcast.flows.campaign import send_campaign
 
     spec_path = write_campaign(tmp_path, people(2), attachments=False, html=HTML, text=TEXT)
     result = send_campaign(
@@ -379,7 +379,7 @@ for args in (["suppress", "add", "a@example.com", "--db", db], ["suppress", "lis
              ["report", run, "--html", "{tmp_path / "r.html"}", "--db", db]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-from mailcast.tracking.app import create_app
+from mailcast.web.tracking import create_app
 create_app(db, secret="0123456789abcdefghij")
 print("prefect" in sys.modules)
 """

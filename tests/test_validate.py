@@ -1,4 +1,4 @@
-"""tasks.validate: normalized addresses, reasons, required fields, suppression, the caches."""
+"""mailcast.recipients.validate: normalized addresses, reasons, required fields, suppression, the caches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 
 from mailcast.errors import SpecError
 from mailcast.recipients import Recipient, RecipientTable
-from tasks.validate import reason_category, summarize, validate_recipients, validate_task
+from mailcast.recipients.validate import (
+    reason_category,
+    summarize,
+    validate_recipients,
+)
 
 
 def table_of(
@@ -217,6 +221,8 @@ def test_summarize() -> None:
     assert reason_category("invalid address: nope: really") == "invalid address"
 
 
-def test_validate_task_wrapper() -> None:
-    table = validate_task.fn(table_of("A@Example.com"), ["email"], {"x@y.org"})
+def test_validate_recipients_with_required_and_suppressed() -> None:
+    table = validate_recipients(
+        table_of("A@Example.com"), required=["email"], suppressed={"x@y.org"}
+    )
     assert table.rows[0].address == "A@example.com"

@@ -12,12 +12,24 @@ import json
 import os
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, DateTime, Engine, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from mailcast.errors import RunNotFoundError
 from mailcast.ledger.models import (
@@ -434,6 +446,17 @@ class Ledger:
         rows.sort(key=lambda r: r[0])
         return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
+    def all_pending_ids(self, run_id: str) -> Sequence[int]:
+        """Every pending row id of the run, in order, as a compact array (8 bytes a row)."""
+        query = select(D.c.id).where(D.c.run_id == run_id, D.c.status == PENDING).order_by(D.c.id)
+        ids = array("q")
+        with self.engine.connect() as conn:
+            for batch in (
+                conn.execution_options(yield_per=50_000).execute(query).scalars().partitions()
+            ):
+                ids.extend(batch)
+        return ids
+
     def pending_ids(self, run_id: str, lo: int, hi: int) -> list[int]:
         """The ids of the run's pending rows in [lo, hi], in order: what a chunk has to send.
         The engine claims them a batch at a time with ``claim_ids`` (a primary-key lookup per
@@ -581,3 +604,15 @@ class Ledger:
                 ).scalar()
                 cols = list(fields or {})
         return list(cols)
+
+    def campaign_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row of the ``campaign_summary`` view (counts and rates), None if absent."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    text("SELECT * FROM campaign_summary WHERE run_id = :r"), {"r": run_id}
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None

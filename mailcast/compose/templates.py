@@ -50,7 +50,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mailcast.errors import SpecError, TemplateError
 from mailcast.recipients import Recipient
 from mailcast.spec import CampaignSpec
-from tasks._prefect import task
 
 BUILTIN_NAMES: tuple[str, ...] = (
     "email",
@@ -234,7 +233,7 @@ def looks_inline(value: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """One recipient's personal parts, ready for ``tasks.message.MessageBuilder.build``.
+    """One recipient's personal parts, ready for ``mailcast.compose.mime.MessageBuilder.build``.
 
     ``headers`` holds every custom header of the spec (static ones as written, templated ones
     rendered), keyed by the spec's header name.
@@ -609,14 +608,11 @@ def check_templates(spec: CampaignSpec, columns: Sequence[str]) -> list[str]:
     return CampaignTemplates(spec, columns).names
 
 
-check_templates_task = task(name="check-templates")(check_templates)
-
 __all__ = [
     "BUILTIN_NAMES",
     "CampaignTemplates",
     "Rendered",
     "check_templates",
-    "check_templates_task",
     "is_template",
     "looks_inline",
 ]

@@ -14,7 +14,6 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailcast.errors import SpecError
 from mailcast.recipients import Recipient, RecipientTable, gc_paused
-from tasks._prefect import task
 
 try:
     from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES as _CI_NAMES
@@ -231,18 +230,3 @@ def summarize(table: RecipientTable) -> dict[str, int]:
         category = reason_category(r.reason)
         counts[category] = counts.get(category, 0) + 1
     return counts
-
-
-@task(name="validate", retries=0, persist_result=False)
-def validate_task(
-    table: RecipientTable,
-    required: list[str] | None = None,
-    suppressed: Collection[str] | None = None,
-    check_deliverability: bool = False,
-) -> RecipientTable:
-    return validate_recipients(
-        table,
-        required=required or (),
-        suppressed=suppressed if suppressed is not None else frozenset(),
-        check_deliverability=check_deliverability,
-    )

@@ -2,7 +2,7 @@
 ``/c/{token}``, add the open pixel before ``</body>``, compute the ``List-Unsubscribe`` headers
 and the VERP return path.
 
-The send step calls a :class:`Tracker` per message (see ``tasks/send.py``'s ``deliver_chunk``)::
+The send step calls a :class:`Tracker` per message (through the ``Composer``, ``mailcast/compose/composer.py``)::
 
     tracker = Tracker.for_run(spec, run_id, ledger.engine)   # inert when tracking is off
     extra = {"message_id": message_id, **tracker.context(delivery_id)}  # unsubscribe_url
@@ -28,13 +28,13 @@ from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from mailcast.tracking import tokens
+from mailcast.engagement import tokens
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from mailcast.compose.templates import Rendered
     from mailcast.spec import CampaignSpec
-    from tasks.render import Rendered
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
@@ -182,13 +182,18 @@ class Tracker:
         bounce_domain: str | None = None,
         unsubscribe_mailto: str | None = None,
         own_list_unsubscribe: bool = False,
+        link_ids: Callable[[list[tuple[str, int]]], dict[str, int]] | None = None,
     ) -> None:
         self.run_id = run_id
+        # url → link id: registered in the ledger (a run), or numbered in memory (a preview)
+        self._ids_of = link_ids
         self.engine = engine
         self.secret = secret or b""
         self.base_url = base_url.rstrip("/") if base_url else None
         self.track_opens = bool(self.base_url) and track_opens
-        self.track_clicks = bool(self.base_url) and track_clicks and engine is not None
+        self.track_clicks = (
+            bool(self.base_url) and track_clicks and (engine is not None or link_ids is not None)
+        )
         self.bounce_domain = bounce_domain
         self.unsubscribe_mailto = unsubscribe_mailto
         # A campaign that sets List-Unsubscribe itself keeps its own header.
@@ -202,7 +207,13 @@ class Tracker:
 
     @classmethod
     def for_run(
-        cls, spec: CampaignSpec, run_id: str, engine: Engine | None, secret: bytes | None = None
+        cls,
+        spec: CampaignSpec,
+        run_id: str,
+        engine: Engine | None,
+        secret: bytes | None = None,
+        *,
+        link_ids: Callable[[list[tuple[str, int]]], dict[str, int]] | None = None,
     ) -> Tracker:
         """The tracker of a run; loads the secret (TrackingError when tracking is on and there is
         none)."""
@@ -219,6 +230,7 @@ class Tracker:
             bounce_domain=spec.bounce_domain,
             unsubscribe_mailto=spec.unsubscribe_mailto,
             own_list_unsubscribe=any(h.lower() == "list-unsubscribe" for h in spec.headers),
+            link_ids=link_ids,
         )
 
     # -- URLs -------------------------------------------------------------------------------------
@@ -241,7 +253,9 @@ class Tracker:
         return {"unsubscribe_url": self.unsubscribe_url(delivery_id)}
 
     def _link_ids(self, links: list[tuple[str, int]]) -> dict[str, int]:
-        from mailcast.tracking.record import register_links
+        if self._ids_of is not None:
+            return self._ids_of(links)
+        from mailcast.engagement.record import register_links
 
         assert self.engine is not None
         key = (str(self.engine.url), self.run_id)
@@ -294,7 +308,7 @@ class Tracker:
             return rendered, b""
         if rendered.html is not None and (self.track_clicks or self.track_opens):
             rendered = replace(rendered, html=self.rewrite(delivery_id, rendered.html))
-        from tasks.message import encode_header
+        from mailcast.compose.mime import encode_header
 
         head = b"".join(encode_header(n, v) for n, v in self.headers(delivery_id))
         return rendered, head
@@ -320,3 +334,18 @@ def describe(spec: Any) -> str:
     ]
     extra = f", VERP return path @{spec.bounce_domain}" if spec.bounce_domain else ""
     return f"tracking: {', '.join(p for p in parts if p)} via {spec.tracking_base_url}{extra}"
+
+
+def is_tracked(spec: Any) -> bool:
+    """Whether a campaign is tracked at all: a tracking service, a VERP bounce domain or an
+    unsubscribe mailbox (each needs the tracking secret)."""
+    return bool(spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto)
+
+
+def check_tracking(spec: Any) -> bool:
+    """When the campaign is tracked, the tracking secret must be there (TrackingError before
+    the run is planned, not once per chunk); returns whether it is tracked."""
+    if is_tracked(spec):
+        tokens.load_secret()
+        return True
+    return False

@@ -24,7 +24,6 @@ from typing import Any
 from mailcast.errors import SourceError, SpecError
 from mailcast.recipients import Recipient, RecipientTable, gc_paused
 from mailcast.spec import RecipientSource
-from tasks._prefect import task
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 XLSX_SUFFIXES = (".xlsx", ".xlsm")
@@ -638,13 +637,3 @@ def read_columns(source: RecipientSource, base_dir: str | Path) -> list[str]:
     """The recipient data's columns: its header, read and checked (the rows are not read)."""
     with open_recipients(source, base_dir) as stream:
         return stream.columns
-
-
-@task(name="read-header", retries=0, persist_result=False)
-def columns_task(source: RecipientSource, base_dir: str) -> list[str]:
-    return read_columns(source, base_dir)
-
-
-@task(name="ingest", retries=0, persist_result=False)
-def ingest_task(source: RecipientSource, base_dir: str) -> RecipientTable:
-    return read_recipients(source, base_dir)

@@ -19,9 +19,9 @@ from typing import cast
 from sqlalchemy import Engine, Table, delete, func, select
 from sqlalchemy.engine import make_url
 
+from mailcast.engagement.record import suppress_rows
 from mailcast.errors import SourceError, SpecError
 from mailcast.ledger.models import MANUAL, SUPPRESSION_REASONS, Suppression
-from mailcast.tracking.record import suppress_rows
 
 S = cast(Table, Suppression.__table__)
 

@@ -34,11 +34,45 @@ app = typer.Typer(
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from mailcast import __version__
+
+        typer.echo(f"mailcast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Personalized bulk email with a delivery ledger, orchestrated by Prefect."""
+
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "deployments" / "example"
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def example_dir() -> Path:
+    """The example campaign: ``mailcast/example`` in an installed wheel, ``deployments/example``
+    in a checkout (an editable install)."""
+    for folder in (PACKAGE / "example", PACKAGE.parent / "deployments" / "example"):
+        if (folder / "campaign.yaml").is_file():
+            return folder
+    raise SpecError(
+        "the example campaign is missing from this installation",
+        where=str(PACKAGE / "example"),
+        hint="reinstall mailcast (the wheel carries it as package data)",
+    )
+
 
 SpecArg = Annotated[Path, typer.Argument(help="The campaign spec (YAML)", show_default=False)]
 DbOpt = Annotated[
@@ -90,13 +124,13 @@ def open_ledger(settings: Settings, *, create: bool = True) -> Any:
 def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
     """Load the spec, read and check recipients and templates: no Prefect, no network. Addresses
     on the ledger's suppression list are skipped (``suppressed:<reason>``)."""
+    from mailcast.compose.mime import MessageBuilder
+    from mailcast.compose.templates import CampaignTemplates
+    from mailcast.engagement.suppression import suppressed_for
+    from mailcast.recipients.dedupe import dedupe_recipients
+    from mailcast.recipients.sources import read_recipients
+    from mailcast.recipients.validate import validate_recipients
     from mailcast.spec import load_spec
-    from mailcast.tracking.suppression import suppressed_for
-    from tasks.dedupe import dedupe_recipients
-    from tasks.ingest import read_recipients
-    from tasks.message import MessageBuilder
-    from tasks.render import CampaignTemplates
-    from tasks.validate import validate_recipients
 
     spec = load_spec(spec_path)
     table = read_recipients(spec.recipients, spec.base_dir)
@@ -148,18 +182,18 @@ def preview(
         "preview"
     ),
 ) -> None:
-    """Write the first N personalized messages as .eml and .html files."""
-    from tasks.message import MessageBuilder
+    """Write the first N personalized messages as .eml and .html files: the messages a send
+    would transmit (tracking included), from the same Composer."""
+    from mailcast.compose.composer import Composer
 
-    campaign, table, templates = prepare(spec)
-    builder = MessageBuilder(campaign)
-    domain = builder.envelope_sender.rpartition("@")[2] or "mailcast.invalid"
+    campaign, table, _templates = prepare(spec)
+    composer = Composer.for_preview(campaign, table.columns)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(table.valid[:limit], start=1):
-        mid = f"<preview.{r.row}@{domain}>"
-        rendered = templates.render(r, {"message_id": mid})
+        composed = composer.compose(i, r.row, r.address, r.fields)
+        rendered = composed.rendered
         stem = out_dir / f"{i:03d}-row{r.row}"
-        stem.with_suffix(".eml").write_bytes(builder.build(rendered, r.address, mid))
+        stem.with_suffix(".eml").write_bytes(composed.data)
         if rendered.html is not None:
             stem.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
         out.print(f"{i:3d}. row {r.row} → {r.address}: {rendered.subject}")
@@ -222,7 +256,9 @@ def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
             "[dim]starting a temporary local Prefect server (20–30 s on first use; "
             "`prefect server start` and PREFECT_API_URL keep one running)…[/]"
         )
-    from flows.campaign import send_campaign
+    from mailcast.orchestration import get_flow
+
+    send_campaign = get_flow("send-campaign")
 
     ledger = open_ledger(settings)
     with progress(ledger, run_id):
@@ -245,7 +281,7 @@ def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
 
 
 def show_summary(ledger: Any, run_id: str) -> None:
-    from tasks.summary import summarize_run
+    from mailcast.engine.summary import summarize_run
 
     s = summarize_run(ledger, run_id)
     mode = "dry run: written to the outbox" if s.dry_run else "sent over SMTP"
@@ -413,7 +449,7 @@ def report(
     ] = None,
 ) -> None:
     """Export a run's per-recipient ledger (or, with --html, its engagement report page)."""
-    from tasks.report import export_report
+    from mailcast.export import export_report
 
     settings = settings_for(db)
     open_ledger(settings)  # a clear error for a missing or outdated ledger
@@ -448,9 +484,7 @@ def demo(db: DbOpt = None) -> None:
     from mailcast.spec import load_spec
 
     settings = settings_for(db)
-    spec_path = EXAMPLE / "campaign.yaml"
-    if not spec_path.exists():
-        raise SpecError("the example campaign is missing", where=str(spec_path))
+    spec_path = example_dir() / "campaign.yaml"
     captured = settings.data_dir / "demo" / "captured"
     shutil.rmtree(captured, ignore_errors=True)
     with CaptureServer(save_dir=captured) as server:
@@ -467,8 +501,9 @@ def demo(db: DbOpt = None) -> None:
 @guarded
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new campaign")]) -> None:
     """Write a commented example campaign (spec, templates, a small CSV)."""
-    files = [p for p in EXAMPLE.rglob("*") if p.is_file()]
-    clashes = [directory / p.relative_to(EXAMPLE) for p in files]
+    example = example_dir()
+    files = [p for p in example.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    clashes = [directory / p.relative_to(example) for p in files]
     existing = [str(p) for p in clashes if p.exists()]
     if existing:
         raise SpecError(
@@ -476,10 +511,19 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new camp
             where=str(directory),
             hint="choose an empty folder",
         )
-    for p in files:
-        dest = directory / p.relative_to(EXAMPLE)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, dest)
+    try:
+        for p in files:
+            dest = directory / p.relative_to(example)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write the example campaign: {exc.strerror or exc}",
+            where=str(exc.filename or directory),
+            hint="choose a folder you can write to",
+        ) from exc
+    if not (directory / "campaign.yaml").is_file():
+        raise SpecError("the example campaign was not written", where=str(directory))
     out.print(
         f"wrote an example campaign to {directory}/ — next: mailcast validate {directory}/campaign.yaml"
     )
@@ -490,11 +534,11 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new camp
 
 def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
     """Whether the campaign is tracked (and, before a send, that the tracking secret is set)."""
-    from mailcast.tracking.links import describe
+    from mailcast.engagement.links import describe
 
     needs_secret = spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto
     if check_secret and needs_secret:
-        from mailcast.tracking.tokens import load_secret
+        from mailcast.engagement.tokens import load_secret
 
         if not os.environ.get("MAILCAST_TRACKING_SECRET_BLOCK"):  # a block needs Prefect
             load_secret()
@@ -502,7 +546,7 @@ def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
 
 
 def write_html_report(settings: Settings, run_id: str, path: Path) -> None:
-    from mailcast.tracking.report_page import write_html_report as write
+    from mailcast.engagement.report_page import write_html_report as write
 
     write(settings.ledger_url(), run_id, path)
     out.print(f"wrote the report page to {path}")
@@ -529,7 +573,7 @@ def serve(
     proxy that terminates TLS at the campaign's tracking_base_url (README)."""
     import uvicorn
 
-    from mailcast.tracking.app import create_app
+    from mailcast.web.tracking import create_app
 
     application = create_app(settings_for(db).ledger_url())
     err.print(
@@ -561,7 +605,7 @@ def suppress_add(
     db: DbOpt = None,
 ) -> None:
     """Suppress addresses in every campaign."""
-    from mailcast.tracking import suppression
+    from mailcast.engagement import suppression
 
     ledger = open_ledger(settings_for(db))
     try:
@@ -578,7 +622,7 @@ def suppress_remove(
     db: DbOpt = None,
 ) -> None:
     """Take addresses off the suppression list (they can be sent to again)."""
-    from mailcast.tracking import suppression
+    from mailcast.engagement import suppression
 
     ledger = open_ledger(settings_for(db))
     n = suppression.remove(ledger.engine, addresses)
@@ -593,7 +637,7 @@ def suppress_list(
     db: DbOpt = None,
 ) -> None:
     """List suppressed addresses, newest first."""
-    from mailcast.tracking import suppression
+    from mailcast.engagement import suppression
 
     ledger = open_ledger(settings_for(db))
     rows = suppression.entries(ledger.engine, reason=reason, limit=limit or None)
@@ -618,7 +662,7 @@ def suppress_import(
     db: DbOpt = None,
 ) -> None:
     """Suppress every address of a file (a CSV `reason` column overrides --reason)."""
-    from mailcast.tracking import suppression
+    from mailcast.engagement import suppression
 
     ledger = open_ledger(settings_for(db))
     result = suppression.import_file(ledger.engine, file, reason=reason)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from mailcast.recipients import Recipient, RecipientTable
-from tasks._prefect import task
 
 
 def dedupe_recipients(table: RecipientTable) -> RecipientTable:
@@ -31,8 +30,3 @@ def dedupe_rows(rows: Iterable[Recipient]) -> Iterator[Recipient]:
             else:
                 r.reason = f"duplicate of row {seen}"
         yield r
-
-
-@task(name="dedupe", retries=0, persist_result=False)
-def dedupe_task(table: RecipientTable) -> RecipientTable:
-    return dedupe_recipients(table)

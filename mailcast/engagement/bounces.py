@@ -37,7 +37,7 @@ from email.parser import HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-from mailcast.tracking import tokens
+from mailcast.engagement import tokens
 
 HARD, SOFT, COMPLAINT, DEFERRAL, UNSUBSCRIBE, IGNORED = (
     "hard", "soft", "complaint", "deferral", "unsubscribe", "ignored",

@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from mailcast.engagement import record, tokens
 from mailcast.ledger.models import CLICK, OPEN
-from mailcast.tracking import record, tokens
 
-log = logging.getLogger("mailcast.tracking")
+log = logging.getLogger("mailcast.engagement")
 
 PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"

@@ -30,9 +30,9 @@ from email.utils import format_datetime, getaddresses
 from pathlib import Path
 from urllib.parse import quote
 
+from mailcast.compose.templates import Rendered, is_template
 from mailcast.errors import AttachmentError, SpecError
 from mailcast.spec import CampaignSpec
-from tasks.render import Rendered, is_template
 
 CRLF = b"\r\n"
 
@@ -482,8 +482,12 @@ class MessageBuilder:
         date: str | None = None,
         *,
         row: int | None = None,
+        extra_head: bytes = b"",
     ) -> bytes:
         """The message's bytes (CRLF line endings, ending with CRLF).
+
+        ``extra_head``: header lines already encoded (CRLF-terminated), e.g. tracking's
+        List-Unsubscribe; they go with the other headers and count towards the size limit.
 
         ``message_id`` may be given with or without angle brackets (see
         :meth:`format_message_id`); the header is always ``<...>``. ``date`` is an RFC 5322 date
@@ -499,6 +503,7 @@ class MessageBuilder:
             self._date_header() if date is None else encode_header("Date", date),
             f"Message-ID: {self.format_message_id(message_id)}\r\n".encode("ascii"),
             self._head_static,
+            extra_head,
         ]
         if self.templated_headers:
             headers = rendered.headers

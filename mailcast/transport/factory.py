@@ -4,13 +4,13 @@ folder. A ``Target`` holds no secret: the password is looked up where the transp
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import cast
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
 from mailcast.errors import SpecError
+from mailcast.settings import Settings
 from mailcast.transport.base import Transport
 
 
@@ -43,12 +43,11 @@ def smtp_config(target: Target):  # type: ignore[no-untyped-def]
     from mailcast.transport.smtp import SmtpConfig
 
     if target.smtp_block:
-        from blocks.smtp import SmtpServer
+        from mailcast.blocks.smtp import SmtpServer
 
         block = cast(SmtpServer, SmtpServer.load(target.smtp_block))
         return block.to_config()
-    password = os.environ.get("MAILCAST_SMTP_PASSWORD")
-    return SmtpConfig.from_url(target.smtp_url or "", SecretStr(password) if password else None)
+    return SmtpConfig.from_url(target.smtp_url or "", Settings().smtp_password)
 
 
 def make_transport(target: Target) -> Transport:
@@ -60,3 +59,24 @@ def make_transport(target: Target) -> Transport:
     from mailcast.transport.smtp import SmtpTransport
 
     return SmtpTransport(smtp_config(target))
+
+
+def target_for(
+    settings: Settings,
+    dry_run: bool,
+    smtp_block: str | None,
+    smtp_url: str | None,
+    outbox_dir: str | None,
+    run_id: str | None,
+) -> Target:
+    """Where a run's messages go: the outbox folder in a dry run, else the SMTP server (a
+    block or a URL, from the arguments or the settings); checked before anything is sent."""
+    if dry_run:
+        outbox = Path(outbox_dir) if outbox_dir else settings.outbox()
+        return Target(outbox=str(outbox / (run_id or "run")))
+    target = Target(
+        smtp_block=smtp_block or settings.smtp_block,
+        smtp_url=smtp_url or settings.smtp_url,
+    )
+    target.check()
+    return target

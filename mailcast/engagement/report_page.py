@@ -379,3 +379,11 @@ def write_html_report(database_url: str, run_id: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def run_figures(database_url: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's counts and rates (``campaign_summary``) as table rows."""
+    from mailcast.ledger.store import Ledger
+
+    row = Ledger(database_url).campaign_summary(run_id)
+    return figure_rows(row) if row is not None else []

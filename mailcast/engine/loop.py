@@ -1,0 +1,431 @@
+"""The send engine: one chunk of a run's ledger rows over one reused connection.
+
+It depends on two small interfaces: a ``Store`` (the ledger: claim rows, record outcomes) and a
+``Transport`` (SMTP, or the outbox folder in a dry run), plus a ``compose`` callable that turns a
+claimed row into (Message-ID, message bytes).
+
+The loop, per batch: claim up to N pending rows (marked ``sending`` and committed *before* any
+DATA is transmitted) → send each → record all outcomes in one statement, in the transaction of
+the next claim (or on their own when there is none, or something went wrong). So after a crash only
+the rows of the batch in flight are ``sending`` (they become ``unknown`` on resume); a row marked
+``sent`` is never claimed again. The batch size adapts so a batch takes ~0.25 s: large on a fast
+server, small on a slow one.
+
+Replies: 2xx → sent. 5xx → failed (permanent; reason names the stage, code and text; a 5xx to
+RCPT is recorded as ``hard bounce: <code> <text> (at RCPT)``). 4xx or a dropped connection →
+pending again and retried after an exponential backoff with jitter, up to ``max_attempts``; then
+failed with a reason starting "temporary" (``mailcast retry --failed`` picks those up).
+
+What the threads of one run share (a :class:`RunControl`, one per run per process):
+
+* a "slow down" gate: a 421/451/454 reply (or a "421 busy" greeting) holds back *every* thread of
+  the run for a while that doubles with each throttling reply in a row and eases off with each
+  message accepted;
+* the retry time budget (``max_retry_seconds``): the wall-clock time the run spent waiting (for
+  backoffs, the gate or an unreachable server). Once used up, a temporary failure is final
+  ("temporary failure, not retried: ...") and an unreachable server stops the run;
+* a stop flag: after ``pause_after_failures`` recipients in a row ended failed, or when the
+  credentials or TLS fail, every thread stops before its next message, claimed-but-unsent rows go
+  back to pending and the run ends ``paused`` (``mailcast resume`` continues it). AuthError and
+  TlsError stop the run at once: nothing in flight is marked failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mailcast.compose.composer import envelope_address
+from mailcast.engine.control import THROTTLE_CODES, RunControl, backoff, short
+from mailcast.engine.pacing import Pacer
+from mailcast.errors import (
+    AttachmentError,
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    RunStopped,
+    SmtpReplyError,
+    TemplateError,
+    TlsError,
+)
+from mailcast.ledger.models import FAILED, PENDING, SENT, UNKNOWN
+from mailcast.ledger.store import Claim, Outcome, Store
+from mailcast.transport.base import Reply, Transport
+
+log = logging.getLogger("mailcast.send")
+
+Compose = Callable[[Claim], tuple[str, bytes]]
+
+TARGET_BATCH_SECONDS = 0.1
+MAX_BATCH = 50
+
+
+@dataclass
+class ChunkResult:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ChunkResult) -> None:
+        self.sent += other.sent
+        self.failed += other.failed
+        self.retried += other.retried
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+
+    def count(self, key: str) -> None:
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+
+
+class ChunkWork:
+    """The rows of one chunk still to be sent, shared by the engine loops (one per connection)
+    working on it: the pending row ids not yet claimed, in id order, and the rows waiting to be
+    retried (row id → when). Each loop takes the next ids, claims those still pending (another
+    process resuming the same run may have taken some) and sends them; a row that gets a 4xx
+    waits here for its backoff, excluded from every loop's claims. Thread-safe."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self._ids = deque(ids)
+        self._lock = threading.Lock()
+        self._deferred: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def take(self, n: int) -> list[int]:
+        with self._lock:
+            ids = self._ids
+            return [ids.popleft() for _ in range(min(n, len(ids)))]
+
+    def defer(self, row_id: int, when: float) -> None:
+        with self._lock:
+            self._deferred[row_id] = when
+
+    def due(self, now: float, *, everything: bool = False) -> list[int]:
+        """Take the deferred rows whose retry time has come (all of them with ``everything``)."""
+        with self._lock:
+            ids = [i for i, t in self._deferred.items() if t <= now or everything]
+            for i in ids:
+                del self._deferred[i]
+            return ids
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min(self._deferred.values()) if self._deferred else None
+
+
+@dataclass
+class _Connection:
+    """One connection's engine loop: what its batches share."""
+
+    store: Store
+    transport: Transport
+    compose: Compose
+    sender: str
+    run_id: str
+    max_attempts: int
+    control: RunControl
+    pacer: Pacer | None
+    work: ChunkWork
+    sender_for: Callable[[Claim], str | None] | None = None
+    result: ChunkResult = field(default_factory=ChunkResult)
+    deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
+    unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
+    connect_failures: int = 0  # in a row
+    on_connection: int = 0  # messages accepted on the current connection
+    maybe_delivered: set[int] = field(default_factory=set)  # rows that lost a reply to DATA
+
+
+def run_connection(
+    store: Store,
+    transport: Transport,
+    compose: Compose,
+    sender: str,
+    run_id: str,
+    lo: int,
+    hi: int,
+    *,
+    max_attempts: int = 3,
+    retry_base: float = 1.0,
+    pacer: Pacer | None = None,
+    control: RunControl | None = None,
+    sender_for: Callable[[Claim], str | None] | None = None,
+    work: ChunkWork | None = None,
+) -> ChunkResult:
+    """Send every pending row of ``run_id`` with id in [lo, hi] over ``transport`` (one
+    connection); return what happened. Several calls (threads, one connection each) may share
+    one ``work`` (the chunk's rows, see :class:`ChunkWork`); without it the rows are listed here.
+    ``sender_for`` gives a row's own envelope sender (a VERP return path), None for ``sender``.
+
+    Raises RunStopped when the run stopped (this chunk's failures, or another thread's), and
+    AuthError/TlsError when the server refuses the credentials or TLS (the run is stopped too).
+    """
+    if control is None:
+        control = RunControl(retry_base=retry_base)
+    if work is None:
+        work = ChunkWork(store.pending_ids(run_id, lo, hi))
+    chunk = _Connection(
+        store, transport, compose, sender, run_id, max_attempts, control, pacer, work, sender_for
+    )
+    batch_size = 10
+    try:
+        control.check()
+        if not len(work) and work.next_due() is None:
+            return chunk.result  # nothing left for this connection: do not connect
+        _open(chunk)
+        while True:
+            control.check()
+            ids = work.due(time.monotonic(), everything=control.retry_time_left() <= 0)
+            if not ids:
+                ids = work.take(batch_size)
+            if not ids:
+                _flush(chunk)
+                when = work.next_due()
+                if when is None:
+                    break
+                control.sleep(when - time.monotonic())
+                continue
+            # The previous batch's outcomes and this claim: one transaction.
+            claims = store.claim_ids(run_id, ids, record=chunk.unrecorded)
+            _recorded(chunk)
+            if not claims:
+                continue
+            started = time.monotonic()
+            _send_batch(chunk, claims)
+            took = time.monotonic() - started
+            per_msg = took / len(claims)
+            batch_size = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(per_msg, 1e-5))))
+    except (AuthError, TlsError) as exc:
+        # Every connection of the run would fail the same way: stop the others too (they
+        # raise the same error before their next message).
+        control.stop(exc)
+        raise
+    finally:
+        try:
+            _flush(chunk)  # the last batch's outcomes
+        finally:
+            transport.close()
+    return chunk.result
+
+
+def _open(chunk: _Connection) -> None:
+    """Connect (a no-op for an open transport), waiting while the server cannot be reached."""
+    while True:
+        try:
+            chunk.transport.open()
+            chunk.connect_failures = 0
+            return
+        except ConnectError as exc:
+            _wait_for_server(chunk, exc)
+
+
+def _wait_for_server(chunk: _Connection, exc: ConnectError) -> None:
+    """The server cannot be reached (down, or "421 busy"): back off and let the caller try
+    again, until the run's retry time is used up; then stop the run."""
+    control = chunk.control
+    chunk.connect_failures += 1
+    if control.retry_time_left() <= 0:
+        control.stop(
+            RunStopped(
+                f"the SMTP server could not be reached; the run's retry time"
+                f" ({control.max_retry_seconds:g}s) is used up: {exc.message}",
+                where=exc.where,
+                hint=f"check that the server is up and reachable, then `mailcast resume"
+                f" {chunk.run_id}` (only rows not yet sent are sent)",
+            )
+        )
+        control.check()
+    if "refused the connection: 4" in exc.message:  # "421 busy": a slow-down too
+        control.throttle(exc.message)
+    delay = min(backoff(chunk.connect_failures, control.retry_base), control.retry_time_left())
+    log.info("cannot connect (%s); trying again in %.1fs", exc, delay)
+    control.sleep(delay)
+    control.check()
+
+
+def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
+    control, result = chunk.control, chunk.result
+    outcomes: list[Outcome] = []
+    done: set[int] = set()
+    in_flight: int | None = None
+    unexpected: BaseException | None = None
+    completed = False
+    try:
+        for claim in claims:
+            control.check()
+            try:
+                message_id, data = chunk.compose(claim)
+            except (TemplateError, AttachmentError, ValueError) as exc:
+                # This recipient's message cannot be built (a template fails on its data, the
+                # message is too large, an address unusable in a header): final for the row.
+                kind = "template error" if isinstance(exc, TemplateError) else "cannot build"
+                reason = f"{kind}: {exc}"
+                outcomes.append(Outcome(claim.id, FAILED, reason=reason))
+                done.add(claim.id)
+                result.failed += 1
+                result.count(kind)
+                control.failed(reason, None, chunk.run_id)
+                continue
+            if chunk.pacer is not None:
+                chunk.pacer.wait()
+            control.gate()
+            in_flight = claim.id
+            try:
+                mail_from = (chunk.sender_for(claim) if chunk.sender_for else None) or chunk.sender
+                reply = _send_reconnecting(chunk, mail_from, envelope_address(claim.address), data)
+            except SmtpReplyError as exc:
+                in_flight = None
+                outcome = _refused(chunk, claim, exc, message_id)
+                outcomes.append(outcome)
+                done.add(claim.id)
+                continue
+            in_flight = None
+            outcomes.append(
+                Outcome(
+                    claim.id,
+                    SENT,
+                    smtp_code=reply.code,
+                    smtp_reply=short(reply.text),
+                    message_id=message_id,
+                )
+            )
+            done.add(claim.id)
+            result.sent += 1
+            control.succeeded()
+        completed = True
+    except (AuthError, TlsError, ConnectError, RunStopped):
+        # Nothing of the message in flight was transmitted (we could not (re)connect, or the
+        # run stopped before it): it goes back to pending with the rest.
+        in_flight = None
+        raise
+    except BaseException as exc:
+        unexpected = exc
+        raise
+    finally:
+        # Rows never attempted go back to pending; the one in flight when something unexpected
+        # struck mid-send may or may not have been delivered: it is recorded as unknown.
+        rest = [
+            Outcome(c.id, PENDING, reason=None)
+            for c in claims
+            if c.id not in done and c.id != in_flight
+        ]
+        if in_flight is not None:
+            what = f"{type(unexpected).__name__}: {unexpected}" if unexpected else "interrupted"
+            rest.append(
+                Outcome(
+                    in_flight,
+                    UNKNOWN,
+                    reason=f"unexpected error while sending ({short(what, 200)}); may have"
+                    " been delivered",
+                )
+            )
+        chunk.unrecorded.extend(outcomes + rest)
+        if not completed:
+            _flush(chunk)
+
+
+def _flush(chunk: _Connection) -> None:
+    """Record the outcomes not yet recorded (normally they go with the next claim, in one
+    transaction)."""
+    if chunk.unrecorded:
+        chunk.store.record(chunk.unrecorded)
+    _recorded(chunk)
+
+
+def _recorded(chunk: _Connection) -> None:
+    """The outcomes are in the ledger: rows to retry become visible to every connection."""
+    chunk.unrecorded = []
+    for row_id, when in chunk.deferring:
+        chunk.work.defer(row_id, when)
+    chunk.deferring.clear()
+
+
+def _send_reconnecting(chunk: _Connection, sender: str, address: str, data: bytes) -> Reply:
+    """Send; while the server cannot be reached, wait and try again (``_wait_for_server``).
+    Nothing of a message is transmitted before the connection is up, so this never duplicates.
+
+    A 421 to MAIL on a connection that already carried messages is most often a per-connection
+    message limit ("too many messages, closing"): MAIL was refused, so nothing of the message
+    was accepted, and it goes once more, at once, on a fresh connection (not an attempt, not a
+    slow-down). A 421 there too is a refusal like any other."""
+    fresh_try = False
+    while True:
+        try:
+            reply = chunk.transport.send(sender, address, data)
+        except ConnectError as exc:
+            chunk.on_connection = 0
+            _wait_for_server(chunk, exc)
+            continue
+        except SmtpReplyError as exc:
+            reused = chunk.on_connection > 0
+            if exc.code == 421 or isinstance(exc, ConnectionLost):
+                chunk.on_connection = 0  # the transport closed the connection
+            if exc.code == 421 and exc.stage == "MAIL" and reused and not fresh_try:
+                log.debug("421 at MAIL after messages on the connection: %s; reconnecting", exc)
+                fresh_try = True
+                continue
+            raise
+        chunk.connect_failures = 0
+        chunk.on_connection += 1
+        return reply
+
+
+def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: str) -> Outcome:
+    """The outcome of a refused message; also tells the run's control about it."""
+    control, result = chunk.control, chunk.result
+    code = exc.code or None
+    text = short(exc.text)
+    reply = f"{exc.code} {text}" if exc.code else text
+    if isinstance(exc, ConnectionLost) and exc.maybe_delivered:
+        chunk.maybe_delivered.add(claim.id)
+    if exc.code in THROTTLE_CODES:  # "slow down": the whole run backs off
+        control.throttle(reply)
+    final = exc.permanent or claim.attempts >= chunk.max_attempts
+    if not final and control.retry_time_left() > 0:
+        result.retried += 1
+        # Shared with the chunk's other connections once the outcome is recorded (pending again):
+        # a claim before that would find the row still `sending` and drop it.
+        chunk.deferring.append(
+            (claim.id, time.monotonic() + backoff(claim.attempts, control.retry_base))
+        )
+        return Outcome(
+            claim.id,
+            PENDING,
+            reason=f"temporary: {reply} (attempt {claim.attempts} of {chunk.max_attempts})",
+            smtp_code=code,
+            smtp_reply=text,
+        )
+    if exc.permanent and exc.stage == "RCPT":
+        key, reason = "hard bounce", f"hard bounce: {reply} (at RCPT)"
+    elif exc.permanent:
+        stage = f" at {exc.stage}" if exc.stage else ""
+        key, reason = f"rejected {exc.code}", f"rejected{stage}: {reply}"
+    elif claim.attempts >= chunk.max_attempts:
+        key = "temporary failure"
+        reason = f"temporary failure after {claim.attempts} attempts: {reply}"
+    else:
+        key = "temporary failure"
+        reason = (
+            f"temporary failure, not retried: the run's retry time"
+            f" ({control.max_retry_seconds:g}s) is used up (attempt {claim.attempts}): {reply}"
+        )
+    control.failed(reason, exc.where, chunk.run_id)
+    status = FAILED
+    if claim.id in chunk.maybe_delivered:
+        # An attempt sent the whole message and lost the reply: the server may have it.
+        status, key = UNKNOWN, "may have been delivered"
+        reason = (
+            "may have been delivered: the connection was lost after the whole message was sent"
+            f" (no reply to DATA); then {reason}"
+        )
+    else:
+        result.failed += 1
+    result.count(key)
+    return Outcome(
+        claim.id, status, reason=reason, smtp_code=code, smtp_reply=text, message_id=message_id
+    )
