@@ -1,0 +1,250 @@
+"""Campaign commands: validate, preview, send, resume, retry, runs, report."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from mailcast.cli.common import (
+    DbOpt,
+    SpecArg,
+    app,
+    guarded,
+    open_ledger,
+    out,
+    settings_for,
+    tracking_line,
+)
+from mailcast.cli.flowrun import run_flow, smtp_params
+from mailcast.errors import SpecError
+from mailcast.settings import Settings
+
+
+def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
+    """Load the spec, read and check recipients and templates: no Prefect, no network. Addresses
+    on the ledger's suppression list are skipped (``suppressed:<reason>``)."""
+    from mailcast.compose.mime import MessageBuilder
+    from mailcast.compose.templates import CampaignTemplates
+    from mailcast.engagement.suppression import suppressed_for
+    from mailcast.recipients.dedupe import dedupe_recipients
+    from mailcast.recipients.sources import read_recipients
+    from mailcast.recipients.validate import validate_recipients
+    from mailcast.spec import load_spec
+
+    spec = load_spec(spec_path)
+    table = read_recipients(spec.recipients, spec.base_dir)
+    templates = CampaignTemplates(spec, table.columns)
+    MessageBuilder(spec)  # sender, attachments, sizes
+    table = dedupe_recipients(
+        validate_recipients(
+            table,
+            required=spec.recipients.required_columns,
+            suppressed=suppressed_for(settings_for(db).ledger_url()),
+            check_deliverability=spec.check_deliverability,
+        )
+    )
+    return spec, table, templates
+
+
+@app.command()
+@guarded
+def validate(
+    spec: SpecArg,
+    show: Annotated[int, typer.Option(help="How many rejected rows to list")] = 50,
+) -> None:
+    """Check the spec, templates and every recipient row; list the rejected rows."""
+    started = time.monotonic()
+    campaign, table, templates = prepare(spec)
+    rejected = table.rejected
+    out.print(
+        f"[bold]{campaign.name}[/]: {len(table.rows)} rows from {table.source} "
+        f"({len(table.columns)} columns); templates ok: {', '.join(templates.names)}"
+    )
+    out.print(f"  to send: [green]{len(table.valid)}[/]   rejected: [yellow]{len(rejected)}[/]")
+    out.print(f"  {tracking_line(campaign)}")
+    if rejected:
+        grid = Table("row", "address", "reason", box=None, pad_edge=False)
+        for r in rejected[:show]:
+            grid.add_row(str(r.row), r.address, r.reason or "")
+        out.print(grid)
+        if len(rejected) > show:
+            out.print(f"  … and {len(rejected) - show} more (--show N)")
+    out.print(f"[dim]checked in {time.monotonic() - started:.1f}s[/]")
+
+
+@app.command()
+@guarded
+def preview(
+    spec: SpecArg,
+    limit: Annotated[int, typer.Option(help="How many messages")] = 3,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for .eml and .html files")] = Path(
+        "preview"
+    ),
+) -> None:
+    """Write the first N personalized messages as .eml and .html files: the messages a send
+    would transmit (tracking included), from the same Composer."""
+    from mailcast.compose.composer import Composer
+
+    campaign, table, _templates = prepare(spec)
+    composer = Composer.for_preview(campaign, table.columns)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(table.valid[:limit], start=1):
+        composed = composer.compose(i, r.row, r.address, r.fields)
+        rendered = composed.rendered
+        stem = out_dir / f"{i:03d}-row{r.row}"
+        stem.with_suffix(".eml").write_bytes(composed.data)
+        if rendered.html is not None:
+            stem.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
+        out.print(f"{i:3d}. row {r.row} → {r.address}: {rendered.subject}")
+    out.print(f"wrote {min(limit, len(table.valid))} previews to {out_dir}/")
+
+
+@app.command()
+@guarded
+def send(
+    spec: SpecArg,
+    really_send: Annotated[
+        bool, typer.Option("--send", help="Really send over SMTP (default: dry run to the outbox)")
+    ] = False,
+    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
+    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    db: DbOpt = None,
+    outbox: Annotated[Path | None, typer.Option(help="Outbox folder for dry runs")] = None,
+) -> None:
+    """Send a campaign (a dry run unless --send)."""
+    settings = settings_for(db)
+    campaign, table, _ = prepare(spec, db)  # refuse bad templates/attachments before Prefect
+    out.print(tracking_line(campaign, check_secret=True))
+    params = smtp_params(smtp, smtp_block, settings)
+    if really_send and not (params["smtp_url"] or params["smtp_block"]):
+        raise SpecError(
+            "--send needs an SMTP server",
+            where="--smtp",
+            hint="pass --smtp smtp://host:port, --smtp-block NAME, or set MAILCAST_SMTP_URL",
+        )
+    run_id = str(uuid.uuid4())
+    out.print(
+        f"run [bold]{run_id}[/]: {campaign.name}, {len(table.valid)} to send, "
+        f"{len(table.rejected)} rejected, "
+        + (
+            "[bold]sending over SMTP[/]"
+            if really_send
+            else "dry run (nothing leaves; --send sends)"
+        )
+    )
+    run_flow(
+        settings,
+        campaign,
+        run_id,
+        dry_run=not really_send,
+        outbox_dir=str(outbox or settings.outbox()),
+        **params,
+    )
+
+
+def _continue(
+    run_id: str, db: str | None, smtp: str | None, smtp_block: str | None, **flags: Any
+) -> None:
+    from mailcast.spec import CampaignSpec
+
+    settings = settings_for(db)
+    ledger = open_ledger(settings, create=False)
+    run = ledger.run(run_id)
+    spec = CampaignSpec.model_validate(run.spec)
+    params = smtp_params(smtp, smtp_block, settings)
+    dry = run.dry_run
+    outbox = None
+    if dry and run.transport and run.transport.startswith("outbox "):
+        outbox = str(Path(run.transport.removeprefix("outbox ")).parent)
+    out.print(f"resuming run [bold]{run.id}[/] ({run.campaign}, {run.status})")
+    run_flow(settings, spec, run.id, resume=True, dry_run=dry, outbox_dir=outbox, **params, **flags)
+
+
+@app.command()
+@guarded
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run (or a unique prefix of its id)")],
+    resend_unknown: Annotated[
+        bool, typer.Option(help="Also re-send rows whose fate a crash left unknown")
+    ] = False,
+    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
+    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Continue an interrupted run: sends only to rows not yet sent."""
+    _continue(run_id, db, smtp, smtp_block, resend_unknown=resend_unknown)
+
+
+@app.command()
+@guarded
+def retry(
+    run_id: Annotated[str, typer.Argument(help="The run")],
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Re-send rows that failed with a temporary error")
+    ] = True,
+    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
+    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Re-send to the rows of a run that failed with a temporary (4xx) error."""
+    _continue(run_id, db, smtp, smtp_block, retry_failed=failed)
+
+
+@app.command()
+@guarded
+def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many runs")] = 20) -> None:
+    """List runs, newest first."""
+    settings = settings_for(db)
+    ledger = open_ledger(settings)
+    # The id is what report/resume/retry need: never cut it, whatever the width.
+    run_col = Column("run", no_wrap=True, min_width=36)
+    grid = Table(run_col, "campaign", "status", "mode", "recipients", "sent", "failed", "created")
+    for r in ledger.runs(limit):
+        c = ledger.counts(r.id)
+        grid.add_row(
+            r.id, r.campaign, r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
+            str(c["sent"]), str(c["failed"]), r.created_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)
+    (out if out.is_terminal else wide).print(grid)
+    out.print(f"[dim]ledger: {ledger.where}[/]")
+
+
+@app.command()
+@guarded
+def report(
+    run_id: Annotated[str, typer.Argument(help="The run")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json, xlsx or parquet")] = "csv",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Output file")] = None,
+    db: DbOpt = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the engagement report page (charts) to this file"),
+    ] = None,
+) -> None:
+    """Export a run's per-recipient ledger (or, with --html, its engagement report page)."""
+    from mailcast.export import export_report
+
+    settings = settings_for(db)
+    open_ledger(settings)  # a clear error for a missing or outdated ledger
+    if html_out is not None:
+        write_html_report(settings, run_id, html_out)
+        return
+    target, n = export_report(
+        settings.ledger_url(), run_id, fmt, str(out_file) if out_file else None
+    )
+    out.print(f"wrote {n} rows to {target}")
+
+
+def write_html_report(settings: Settings, run_id: str, path: Path) -> None:
+    from mailcast.engagement.report_page import write_html_report as write
+
+    write(settings.ledger_url(), run_id, path)
+    out.print(f"wrote the report page to {path}")

@@ -1,0 +1,116 @@
+"""What every command shares: the typer app, the two consoles, one-line errors, settings."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from mailcast.errors import MailcastError, SpecError
+from mailcast.settings import Settings
+
+app = typer.Typer(
+    help="Personalized bulk email with a delivery ledger, orchestrated by Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mailcast import __version__
+
+        typer.echo(f"mailcast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Personalized bulk email with a delivery ledger, orchestrated by Prefect."""
+
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def example_dir() -> Path:
+    """The example campaign: ``mailcast/example`` in an installed wheel, ``deployments/example``
+    in a checkout (an editable install)."""
+    for folder in (PACKAGE / "example", PACKAGE.parent / "deployments" / "example"):
+        if (folder / "campaign.yaml").is_file():
+            return folder
+    raise SpecError(
+        "the example campaign is missing from this installation",
+        where=str(PACKAGE / "example"),
+        hint="reinstall mailcast (the wheel carries it as package data)",
+    )
+
+
+SpecArg = Annotated[Path, typer.Argument(help="The campaign spec (YAML)", show_default=False)]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Ledger database URL (default: MAILCAST_DATABASE_URL or SQLite)"),
+]
+
+
+def fail(exc: MailcastError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    if exc.hint:
+        err.print(f"[dim]hint: {exc.hint}[/]")
+    raise typer.Exit(2)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn mailcast's errors into one line and a hint instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MailcastError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            err.print("interrupted: `mailcast resume RUN_ID` continues a run")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def settings_for(db: str | None) -> Settings:
+    settings = Settings()
+    if db:
+        settings.database_url = db
+    return settings
+
+
+def open_ledger(settings: Settings, *, create: bool = True) -> Any:
+    from mailcast.ledger.store import Ledger
+
+    return Ledger(settings.ledger_url(), create=create)
+
+
+def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
+    """Whether the campaign is tracked (and, before a send, that the tracking secret is set)."""
+    from mailcast.engagement.links import describe
+
+    needs_secret = spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto
+    if check_secret and needs_secret:
+        from mailcast.engagement.tokens import load_secret
+
+        if not os.environ.get("MAILCAST_TRACKING_SECRET_BLOCK"):  # a block needs Prefect
+            load_secret()
+    return describe(spec)

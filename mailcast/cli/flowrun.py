@@ -1,0 +1,133 @@
+"""Running the ``send-campaign`` flow in this process: progress bar, summary, SMTP parameters."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import typer
+
+from mailcast.cli.common import err, fail, open_ledger, out
+from mailcast.errors import MailcastError
+from mailcast.settings import Settings
+
+
+def _prefect_env() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@contextmanager
+def progress(ledger: Any, run_id: str) -> Iterator[None]:
+    """A progress bar fed by the ledger's counts while the flow runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    stop = threading.Event()
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=err,
+        transient=True,
+    )
+
+    def poll() -> None:
+        task = bar.add_task("waiting for Prefect", total=None, detail="")
+        while not stop.wait(0.5):
+            try:
+                counts = ledger.counts(run_id)
+            except Exception:
+                continue
+            total = sum(counts.values())
+            if not total:
+                continue
+            done = counts["sent"] + counts["failed"] + counts["skipped"] + counts["unknown"]
+            detail = f"sent {counts['sent']} failed {counts['failed']} skipped {counts['skipped']}"
+            bar.update(task, description="sending", total=total, completed=done, detail=detail)
+
+    with bar:
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(2)
+
+
+def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
+    """Run the send-campaign flow in this process; print the summary; errors as one line."""
+    _prefect_env()
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print(
+            "[dim]starting a temporary local Prefect server (20–30 s on first use; "
+            "`prefect server start` and PREFECT_API_URL keep one running)…[/]"
+        )
+    from mailcast.orchestration import get_flow
+
+    send_campaign = get_flow("send-campaign")
+
+    ledger = open_ledger(settings)
+    with progress(ledger, run_id):
+        state = send_campaign(
+            spec=spec,
+            run_id=run_id,
+            database_url=settings.ledger_url(),
+            return_state=True,
+            **params,
+        )
+    result = state.result(raise_on_failure=False)
+    with suppress(MailcastError):
+        show_summary(ledger, run_id)
+    if state.is_failed():
+        if isinstance(result, MailcastError):
+            fail(result)
+        err.print(f"[bold red]error:[/] the run failed: {result}")
+        raise typer.Exit(1)
+    return result
+
+
+def show_summary(ledger: Any, run_id: str) -> None:
+    from mailcast.engine.summary import summarize_run
+
+    s = summarize_run(ledger, run_id)
+    mode = "dry run: written to the outbox" if s.dry_run else "sent over SMTP"
+    out.print(f"\n[bold]{s.campaign}[/] run [bold]{s.run_id}[/] — {s.status} ({mode})")
+    counts = "  ".join(f"{k} {v}" for k, v in s.counts.items() if v)
+    out.print(f"  {counts}  (total {s.total})")
+    for status, reason, n in s.reasons:
+        out.print(f"  {status:8} {n:6d}  {reason}")
+    out.print(f"  via: {s.transport}")
+    out.print(f"  ledger: {s.ledger}")
+
+
+def smtp_params(smtp: str | None, smtp_block: str | None, settings: Settings) -> dict[str, Any]:
+    return {
+        "smtp_url": without_password(smtp or settings.smtp_url),
+        "smtp_block": smtp_block or settings.smtp_block,
+    }
+
+
+def without_password(url: str | None) -> str | None:
+    """A password in --smtp would travel as a flow parameter (and be stored by Prefect): move it
+    into MAILCAST_SMTP_PASSWORD for this process, where the transport looks it up."""
+    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    user = quote(unquote(parts.username), safe="") if parts.username else ""
+    netloc = f"{user}@{host}" if user else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,47 @@
+"""``mailcast serve``: the tracking service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mailcast.cli.common import DbOpt, app, err, guarded, settings_for
+
+
+@app.command()
+@guarded
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8025,
+    db: DbOpt = None,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Trust X-Forwarded-* from --forwarded-allow-ips (behind a proxy)")
+    ] = True,
+    forwarded_allow_ips: Annotated[
+        str, typer.Option(help="Proxies whose X-Forwarded-* headers are trusted")
+    ] = "127.0.0.1",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the tracking service (open pixel, click redirects, one-click unsubscribe) with uvicorn.
+
+    Needs MAILCAST_TRACKING_SECRET (or MAILCAST_TRACKING_SECRET_BLOCK), the same as the
+    sending worker's, and the ledger (--db / MAILCAST_DATABASE_URL). Put it behind a reverse
+    proxy that terminates TLS at the campaign's tracking_base_url (README)."""
+    import uvicorn
+
+    from mailcast.web.tracking import create_app
+
+    application = create_app(settings_for(db).ledger_url())
+    err.print(
+        f"tracking service on http://{host}:{port} (ledger: {application.state.service.ledger.where})"
+    )
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        log_level=log_level,
+        server_header=False,
+    )
