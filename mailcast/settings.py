@@ -1,6 +1,9 @@
-"""One typed Settings object. Every field can be set from the environment with the MAILCAST_
-prefix (MAILCAST_DATABASE_URL, MAILCAST_SMTP_URL, MAILCAST_SMTP_PASSWORD, ...). Secrets live
-here only as SecretStr read from the environment, or in Prefect blocks."""
+"""One typed Settings object, the only reader of the environment. Every field can be set from the
+environment with the MAILCAST_ prefix (MAILCAST_DATABASE_URL, MAILCAST_SMTP_URL,
+MAILCAST_SMTP_PASSWORD, ...); ``prefect_api_url`` is Prefect's own PREFECT_API_URL. An empty
+variable counts as unset. Secrets live here only as SecretStr read from the environment, or in
+Prefect blocks. ``get_settings()`` reads the environment as it is now (tests that set a variable
+see it at once)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MAILCAST_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MAILCAST_", extra="ignore", env_ignore_empty=True)
 
     database_url: str | None = Field(
         default=None, description="Ledger database (default: SQLite file in the data dir)"
@@ -26,6 +29,33 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, description="smtp://user@host:port?security=...")
     smtp_password: SecretStr | None = None
     smtp_block: str | None = Field(default=None, description="Name of a saved SMTP server block")
+
+    # tracking tokens (opens, clicks, unsubscribe, VERP): the sending worker and `mailcast serve`
+    # need the same secret
+    tracking_secret: SecretStr | None = Field(
+        default=None, description="The tracking tokens' signing secret (16+ characters)"
+    )
+    tracking_secret_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the tracking secret"
+    )
+
+    # the bounce mailbox read by `process-bounces`
+    bounce_maildir: Path | None = Field(default=None, description="A Maildir of bounces")
+    bounce_imap_url: str | None = Field(
+        default=None, description="imaps://user@host[:993][/FOLDER] of the bounce mailbox"
+    )
+    bounce_imap_password: SecretStr | None = None
+    bounce_imap_password_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the IMAP password"
+    )
+
+    # Prefect's own setting (no MAILCAST_ prefix): is a Prefect server already running?
+    prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
+
+    # Fault injection for tests/test_chaos.py: hold each outcome batch's transaction open this
+    # many seconds before committing, so a SIGKILL lands inside ledger commits. Never set it in
+    # production.
+    fault_commit_pause: float = Field(default=0.0, ge=0)
 
     def ledger_url(self) -> str:
         if self.database_url:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 
 from mailcast.errors import MailcastError, SpecError
-from mailcast.settings import Settings
+from mailcast.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Personalized bulk email with a delivery ledger, orchestrated by Prefect.",
@@ -105,12 +104,11 @@ def open_ledger(settings: Settings, *, create: bool = True) -> Any:
 
 def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
     """Whether the campaign is tracked (and, before a send, that the tracking secret is set)."""
-    from mailcast.engagement.links import describe
+    from mailcast.engagement.links import describe, is_tracked
 
-    needs_secret = spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto
-    if check_secret and needs_secret:
+    if check_secret and is_tracked(spec):
         from mailcast.engagement.tokens import load_secret
 
-        if not os.environ.get("MAILCAST_TRACKING_SECRET_BLOCK"):  # a block needs Prefect
+        if not get_settings().tracking_secret_block:  # a block needs Prefect
             load_secret()
     return describe(spec)

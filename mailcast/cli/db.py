@@ -13,8 +13,9 @@ db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 @guarded
 def db_upgrade(db: DbOpt = None) -> None:
     """Apply the ledger's migrations."""
-    from mailcast.ledger.schema import display_url, get_engine, upgrade
+    from mailcast.ledger.schema import get_engine, upgrade
+    from mailcast.redact import redact_url
 
     url = settings_for(db).ledger_url()
     upgrade(get_engine(url))
-    out.print(f"ledger at {display_url(url)} is up to date")
+    out.print(f"ledger at {redact_url(url)} is up to date")

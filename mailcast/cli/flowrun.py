@@ -63,7 +63,7 @@ def progress(ledger: Any, run_id: str) -> Iterator[None]:
 def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
     """Run the send-campaign flow in this process; print the summary; errors as one line."""
     _prefect_env()
-    if not os.environ.get("PREFECT_API_URL"):
+    if not settings.prefect_api_url:
         err.print(
             "[dim]starting a temporary local Prefect server (20–30 s on first use; "
             "`prefect server start` and PREFECT_API_URL keep one running)…[/]"
@@ -116,18 +116,14 @@ def smtp_params(smtp: str | None, smtp_block: str | None, settings: Settings) ->
 def without_password(url: str | None) -> str | None:
     """A password in --smtp would travel as a flow parameter (and be stored by Prefect): move it
     into MAILCAST_SMTP_PASSWORD for this process, where the transport looks it up."""
-    from urllib.parse import quote, unquote, urlsplit, urlunsplit
+    from urllib.parse import unquote, urlsplit
+
+    from mailcast.redact import redact_url
 
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
+    password = urlsplit(url).password
+    if password is None:
         return url
-    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(parts.password)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    user = quote(unquote(parts.username), safe="") if parts.username else ""
-    netloc = f"{user}@{host}" if user else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(password)
+    return redact_url(url, mask=None)

@@ -18,6 +18,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from mailcast.errors import MailcastError
+from mailcast.settings import get_settings
 
 PROCESSED = "Processed"
 
@@ -154,10 +155,10 @@ def _quote(folder: str) -> str:
 
 
 def imap_password() -> str:
-    password = os.environ.get("MAILCAST_BOUNCE_IMAP_PASSWORD")
-    if password:
-        return password
-    block = os.environ.get("MAILCAST_BOUNCE_IMAP_PASSWORD_BLOCK")
+    settings = get_settings()
+    if settings.bounce_imap_password is not None:
+        return settings.bounce_imap_password.get_secret_value()
+    block = settings.bounce_imap_password_block
     if block:
         from prefect.blocks.system import Secret
 
@@ -168,8 +169,10 @@ def imap_password() -> str:
 def open_inbox(maildir: str | None = None, imap_url: str | None = None) -> Inbox:
     """The Maildir, else the IMAP folder, else what MAILCAST_BOUNCE_MAILDIR /
     MAILCAST_BOUNCE_IMAP_URL name."""
-    maildir = maildir or (None if imap_url else os.environ.get("MAILCAST_BOUNCE_MAILDIR"))
-    imap_url = imap_url or (None if maildir else os.environ.get("MAILCAST_BOUNCE_IMAP_URL"))
+    if not (maildir or imap_url):
+        settings = get_settings()
+        maildir = str(settings.bounce_maildir) if settings.bounce_maildir else None
+        imap_url = None if maildir else settings.bounce_imap_url
     if maildir:
         return MaildirInbox(maildir)
     if imap_url:

@@ -22,11 +22,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import struct
 from dataclasses import dataclass
 
 from mailcast.errors import MailcastError
+from mailcast.settings import get_settings
 
 VERSION = 1
 OPEN, CLICK, UNSUBSCRIBE, BOUNCE = "open", "click", "unsubscribe", "bounce"
@@ -70,10 +70,10 @@ def load_secret(secret: str | bytes | None = None, *, block: str | None = None) 
     if secret:
         raw = secret.encode() if isinstance(secret, str) else secret
         return _check_secret(raw, "tracking secret")
-    env = os.environ.get(ENV_SECRET)
-    if env:
-        return _check_secret(env.encode(), ENV_SECRET)
-    block = block or os.environ.get(ENV_SECRET_BLOCK)
+    settings = get_settings()
+    if settings.tracking_secret is not None:
+        return _check_secret(settings.tracking_secret.get_secret_value().encode(), ENV_SECRET)
+    block = block or settings.tracking_secret_block
     if block:
         try:
             from prefect.blocks.system import Secret

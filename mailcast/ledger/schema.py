@@ -10,19 +10,12 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
 from mailcast.errors import LedgerError, SchemaOutdatedError
+from mailcast.redact import redact_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
-
-
-def display_url(url: str) -> str:
-    """The URL with any password masked, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
 
 
 def normalize_url(url: str) -> str:
@@ -102,7 +95,7 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     except Exception as exc:
         raise LedgerError(
             f"cannot open the ledger: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
-            where=display_url(str(engine.url)),
+            where=redact_url(str(engine.url)),
         ) from None
     head = head_revision()
     if current == head:
@@ -111,13 +104,13 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
         if inspect(engine).has_table("deliveries"):
             raise SchemaOutdatedError(
                 "the database has mailcast tables but no migration stamp",
-                where=display_url(str(engine.url)),
+                where=redact_url(str(engine.url)),
             )
         if not create:
-            raise SchemaOutdatedError("the ledger is empty", where=display_url(str(engine.url)))
+            raise SchemaOutdatedError("the ledger is empty", where=redact_url(str(engine.url)))
         upgrade(engine)
         return
     raise SchemaOutdatedError(
         f"the ledger schema is at revision {current}, this mailcast needs {head}",
-        where=display_url(str(engine.url)),
+        where=redact_url(str(engine.url)),
     )

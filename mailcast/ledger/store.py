@@ -9,7 +9,6 @@ processes resuming the same run never take the same row.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from array import array
@@ -45,17 +44,16 @@ from mailcast.ledger.models import (
     Run,
     utcnow,
 )
-from mailcast.ledger.schema import display_url, ensure_schema, get_engine
+from mailcast.ledger.schema import ensure_schema, get_engine
 from mailcast.recipients import Recipient
+from mailcast.redact import redact_url
+from mailcast.settings import get_settings
 
 D = cast(Table, Delivery.__table__)
 R = cast(Table, Run.__table__)
 C = cast(Table, Campaign.__table__)
 
 PLAN_BATCH = 5_000
-# Fault injection for the chaos test: hold each outcome batch's transaction open this long before
-# committing, so a SIGKILL lands inside ledger commits. Never set in production.
-_COMMIT_PAUSE = float(os.environ.get("MAILCAST_FAULT_COMMIT_PAUSE") or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +216,13 @@ class Ledger:
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         self.engine: Engine = get_engine(url)
+        # fault injection for the chaos test (Settings.fault_commit_pause): never set in production
+        self._commit_pause = get_settings().fault_commit_pause
         ensure_schema(self.engine, create=create)
 
     @property
     def where(self) -> str:
-        return display_url(self.url)
+        return redact_url(self.url)
 
     @property
     def is_postgres(self) -> bool:
@@ -507,8 +507,8 @@ class Ledger:
                 for o in outcomes
             ]
             conn.execute(_RECORD, params)
-        if _COMMIT_PAUSE:
-            time.sleep(_COMMIT_PAUSE)
+        if self._commit_pause:
+            time.sleep(self._commit_pause)
 
     # -- recovery ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from mailcast.errors import (
     SpecError,
     TlsError,
 )
+from mailcast.redact import redact_url
 from mailcast.transport.base import Reply
 
 __all__ = ["DEFAULT_PORTS", "Security", "SmtpConfig", "SmtpTransport"]
@@ -53,22 +54,6 @@ _URL_HINT = (
 _SECURITY_HINT = "check `security`: ssl for port 465, starttls for 587, none only for local relays"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _DOT_LINE = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
-
-
-def _redact_url(url: str) -> str:
-    """The URL without its password, for error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        hostport = parts.netloc.rpartition("@")[2]
-        user = parts.netloc.rpartition("@")[0].partition(":")[0]
-        return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
-    except ValueError:
-        scheme, sep, rest = url.partition("://")
-        if "@" not in rest:
-            return url
-        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _text(raw: bytes | str) -> str:
@@ -131,7 +116,7 @@ class SmtpConfig:
         ``smtp://host:465`` without ``security=`` means ssl. A password in the URL is accepted,
         but ``password`` (MAILCAST_SMTP_PASSWORD) wins when both are given.
         """
-        shown = _redact_url(url)
+        shown = redact_url(url)
 
         def bad(problem: str) -> SpecError:
             return SpecError(

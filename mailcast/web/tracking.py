@@ -203,10 +203,10 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
     ``secret`` to MAILCAST_TRACKING_SECRET or its Prefect Secret block. Raises a MailcastError
     (TrackingError, LedgerError) when either is missing or the ledger is not at the head
     revision."""
-    from mailcast.settings import Settings
+    from mailcast.settings import get_settings
 
     key = tokens.load_secret(secret)
-    service = TrackingService(database_url or Settings().ledger_url(), key)
+    service = TrackingService(database_url or get_settings().ledger_url(), key)
     routes = [
         Route("/o/{token}.gif", service.pixel, methods=["GET", "HEAD"]),
         Route("/c/{token}", service.click, methods=["GET", "HEAD"]),

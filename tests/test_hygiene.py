@@ -1,0 +1,139 @@
+"""Project rules checked on the source: Settings is the only reader of the environment."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailcast.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+# the installed distribution: the library and the orchestration folders
+PROJECT = ("mailcast", "tasks", "flows", "blocks")
+
+
+def _sources() -> Iterator[Path]:
+    for folder in PROJECT:
+        yield from sorted((REPO / folder).rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+# -- Settings is the only reader of the environment ---------------------------------------------
+
+# Writing the environment is allowed (configuring Prefect, handing the --smtp password to the
+# transport through MAILCAST_SMTP_PASSWORD): these methods of os.environ only write.
+_ENV_WRITES = {"setdefault", "update", "pop", "__setitem__", "__delitem__"}
+
+
+def _is_environ(node: ast.AST) -> bool:
+    """``os.environ`` / ``os.environb``, or a bare ``environ`` imported from os."""
+    if isinstance(node, ast.Attribute) and node.attr in ("environ", "environb"):
+        return isinstance(node.value, ast.Name) and node.value.id == "os"
+    return isinstance(node, ast.Name) and node.id in ("environ", "environb")
+
+
+def environment_reads(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, what) for every read of the process environment in ``source``."""
+    tree = ast.parse(source, filename=filename)
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    imported_environ = any(
+        isinstance(n, ast.ImportFrom)
+        and n.module == "os"
+        and any(a.name in ("environ", "environb", "getenv", "getenvb") for a in n.names)
+        for n in ast.walk(tree)
+    )
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("getenv", "getenvb"):
+            if isinstance(node.value, ast.Name) and node.value.id == "os":
+                found.append((node.lineno, f"os.{node.attr}"))
+            continue
+        if imported_environ and isinstance(node, ast.Name) and node.id in ("getenv", "getenvb"):
+            found.append((node.lineno, node.id))
+            continue
+        if not _is_environ(node) or (isinstance(node, ast.Name) and not imported_environ):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store | ast.Del):
+            continue  # os.environ[name] = value / del os.environ[name]
+        if (
+            isinstance(parent, ast.Attribute)
+            and parent.attr in _ENV_WRITES
+            and isinstance(parents.get(parent), ast.Call)
+        ):
+            continue  # os.environ.setdefault(...), .update(...), .pop(...)
+        found.append((node.lineno, ast.unparse(parent) if parent is not None else "environ"))
+    return sorted(found)
+
+
+def test_the_environment_reader_check_finds_reads_and_allows_writes() -> None:
+    reads = environment_reads(
+        "import os\n"
+        "a = os.environ.get('A')\n"
+        "b = os.environ['B']\n"
+        "c = 'C' in os.environ\n"
+        "d = os.getenv('D')\n"
+        "e = dict(os.environ)\n"
+        "os.environ['F'] = 'x'\n"
+        "os.environ.setdefault('G', 'y')\n"
+        "os.environ.pop('H', None)\n"
+        "del os.environ['I']\n"
+    )
+    assert [line for line, _ in reads] == [2, 3, 4, 5, 6]
+    assert [
+        line for line, _ in environment_reads("from os import environ\nx = environ['A']\n")
+    ] == [2]
+    assert environment_reads("from os import getenv\nx = getenv('A')\n") == [(2, "getenv")]
+
+
+def test_settings_is_the_only_reader_of_the_environment() -> None:
+    offenders = [
+        f"{_rel(path)}:{line}: reads the environment ({what}); add a field to Settings"
+        for path in _sources()
+        if path != REPO / "mailcast" / "settings.py"
+        for line, what in environment_reads(path.read_text(encoding="utf-8"), str(path))
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_settings_reads_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables keep their names (README); secrets are SecretStr; empty means unset."""
+    values = {
+        "MAILCAST_TRACKING_SECRET": "a-tracking-secret-0123456789",
+        "MAILCAST_TRACKING_SECRET_BLOCK": "tracking-secret",
+        "MAILCAST_BOUNCE_MAILDIR": "/var/mail/bounces",
+        "MAILCAST_BOUNCE_IMAP_URL": "imaps://bounces@mail.example.com/INBOX",
+        "MAILCAST_BOUNCE_IMAP_PASSWORD": "imap-password",
+        "MAILCAST_BOUNCE_IMAP_PASSWORD_BLOCK": "imap-block",
+        "MAILCAST_FAULT_COMMIT_PAUSE": "0.25",
+        "PREFECT_API_URL": "http://127.0.0.1:4200/api",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    s = get_settings()
+    assert s.tracking_secret is not None
+    assert s.tracking_secret.get_secret_value() == values["MAILCAST_TRACKING_SECRET"]
+    assert values["MAILCAST_TRACKING_SECRET"] not in repr(s)
+    assert s.tracking_secret_block == "tracking-secret"
+    assert str(s.bounce_maildir) == "/var/mail/bounces"
+    assert s.bounce_imap_url == values["MAILCAST_BOUNCE_IMAP_URL"]
+    assert s.bounce_imap_password is not None
+    assert s.bounce_imap_password.get_secret_value() == "imap-password"
+    assert "imap-password" not in repr(s)
+    assert s.bounce_imap_password_block == "imap-block"
+    assert s.fault_commit_pause == 0.25
+    assert s.prefect_api_url == values["PREFECT_API_URL"]
+    for name in values:
+        monkeypatch.setenv(name, "")
+    s = get_settings()
+    assert s.tracking_secret is None and s.bounce_maildir is None and s.prefect_api_url is None
+    assert s.fault_commit_pause == 0
