@@ -16,6 +16,8 @@
     │   ├── TlsError              TLS could not be established: stops the run at once
     │   └── SmtpReplyError        a reply to one message; .code, .permanent (5xx) or temporary (4xx)
     │       └── ConnectionLost    the server dropped the connection mid-message (temporary)
+    ├── TrackingError             no usable tracking secret (MAILCAST_TRACKING_SECRET or its block)
+    ├── MailboxError              the bounce mailbox is not configured or cannot be read
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
 
 Per-message outcomes (SmtpReplyError) never reach the user as tracebacks: the send step records
@@ -125,6 +127,22 @@ class ConnectionLost(SmtpReplyError):
     @property
     def permanent(self) -> bool:
         return False
+
+
+class TrackingError(MailcastError):
+    default_hint = (
+        "set MAILCAST_TRACKING_SECRET (at least 16 characters, e.g. `python -c 'import secrets;"
+        " print(secrets.token_urlsafe(32))'`) or MAILCAST_TRACKING_SECRET_BLOCK (a Prefect Secret"
+        " block), the same for the sending worker and `mailcast serve`"
+    )
+
+
+class MailboxError(MailcastError):
+    default_hint = (
+        "set the bounce mailbox: a Maildir path (MAILCAST_BOUNCE_MAILDIR or `maildir`) or"
+        " imaps://user@host/FOLDER (MAILCAST_BOUNCE_IMAP_URL or `imap_url`) with"
+        " MAILCAST_BOUNCE_IMAP_PASSWORD"
+    )
 
 
 class RunStopped(MailcastError):

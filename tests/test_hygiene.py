@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,72 @@ def test_settings_reads_the_documented_variables(monkeypatch: pytest.MonkeyPatch
     s = get_settings()
     assert s.tracking_secret is None and s.bounce_maildir is None and s.prefect_api_url is None
     assert s.fault_commit_pause == 0
+
+
+# -- one error tree ------------------------------------------------------------------------------
+
+# not importable as plain modules: alembic's migration environment and revision scripts
+_NOT_IMPORTED = ("mailcast.ledger.migrations",)
+
+
+def _project_modules() -> list[str]:
+    """Every module of the installed distribution: the library, and tasks/, flows/ and blocks/
+    through their installed names (mailcast.tasks, mailcast.flows, mailcast.blocks)."""
+    import pkgutil
+
+    import mailcast
+
+    names = []
+    for pkg in ("mailcast", "mailcast.tasks", "mailcast.flows", "mailcast.blocks"):
+        module = importlib.import_module(pkg)
+        names.append(pkg)
+        names += [
+            info.name
+            for info in pkgutil.walk_packages(module.__path__, prefix=f"{pkg}.")
+            if not info.name.startswith(_NOT_IMPORTED)
+        ]
+    assert "mailcast.engagement.tokens" in names and "mailcast.tasks" in names, mailcast
+    return sorted(set(names))
+
+
+def _drawn_in_the_tree() -> set[str]:
+    """The class names drawn in the errors module's docstring."""
+    import re
+
+    from mailcast import errors
+
+    drawing = (errors.__doc__ or "").split("::", 1)[1].strip("\n").split("\n\n")[0]
+    return set(re.findall(r"^\s*(?:[│├└─ ]*)([A-Z]\w+)\s", drawing, re.M))
+
+
+def test_every_error_of_the_project_is_in_the_one_tree() -> None:
+    from mailcast.errors import MailcastError
+
+    drawn = _drawn_in_the_tree()
+    assert {"MailcastError", "TrackingError", "MailboxError", "ConnectionLost"} <= drawn
+    found: dict[str, type] = {}
+    for name in _project_modules():
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, BaseException)
+                and obj.__module__ == module.__name__
+            ):
+                found[f"{name}.{obj.__qualname__}"] = obj
+    assert "mailcast.errors.TrackingError" in found and "mailcast.errors.MailboxError" in found
+    outside = [n for n, c in found.items() if not issubclass(c, MailcastError)]
+    assert not outside, f"errors outside the MailcastError tree: {outside}"
+    undrawn = [n for n, c in found.items() if c.__name__ not in drawn]
+    assert not undrawn, f"errors missing from the drawing in mailcast/errors.py: {undrawn}"
+    assert all(c.__module__ == "mailcast.errors" for c in found.values()), [
+        n for n, c in found.items() if c.__module__ != "mailcast.errors"
+    ]
+
+
+def test_the_moved_errors_are_still_importable_where_they_were() -> None:
+    from mailcast import errors
+    from mailcast.engagement import mailbox, tokens
+
+    assert tokens.TrackingError is errors.TrackingError
+    assert mailbox.MailboxError is errors.MailboxError

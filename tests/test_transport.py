@@ -188,6 +188,9 @@ def test_421_at_rcpt_closes_and_next_send_reconnects() -> None:
 
 
 def test_per_connection_limit_then_reconnect() -> None:
+    """A 421 at MAIL on a connection that carried messages (a per-connection limit): nothing of
+    the message was accepted, so the transport sends it once more at once on a fresh
+    connection; the caller sees no refusal and nothing is sent twice."""
     with FaultyServer(messages_per_connection=3) as server, transport_for(server) as transport:
         outcomes = []
         for n in range(7):
@@ -197,9 +200,23 @@ def test_per_connection_limit_then_reconnect() -> None:
             except SmtpReplyError as exc:
                 assert exc.stage == "MAIL"
                 outcomes.append(exc.code)
-    assert outcomes == [250, 250, 250, 421, 250, 250, 250]
+    assert outcomes == [250] * 7
+    assert server.connections == 3
+    assert len(server.messages) == 7
+    assert all(server.accepted_count(f"r{n}@example.org") == 1 for n in range(7))
+
+
+def test_421_at_mail_on_a_fresh_connection_is_a_refusal() -> None:
+    """The one retry is for a reused connection only: a 421 to the first MAIL of a connection
+    is a refusal like any other."""
+    rule = Rule("MAIL", reply="421 4.3.2 Shutting down", times=1, nth=1)
+    with FaultyServer(rule) as server, transport_for(server) as transport:
+        with pytest.raises(SmtpReplyError) as info:
+            transport.send(SENDER, "a@example.org", make_message("a@example.org"))
+        assert (info.value.code, info.value.stage) == (421, "MAIL")
+        transport.send(SENDER, "a@example.org", make_message("a@example.org"))
     assert server.connections == 2
-    assert len(server.messages) == 6
+    assert server.accepted_count("a@example.org") == 1
 
 
 def test_421_greeting_is_a_connect_error_then_connects() -> None:

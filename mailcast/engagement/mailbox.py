@@ -17,18 +17,12 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from mailcast.errors import MailcastError
+from mailcast.errors import MailboxError
 from mailcast.settings import get_settings
 
+__all__ = ["ImapInbox", "Inbox", "MailboxError", "MaildirInbox", "imap_password", "open_inbox"]
+
 PROCESSED = "Processed"
-
-
-class MailboxError(MailcastError):
-    default_hint = (
-        "set the bounce mailbox: a Maildir path (MAILCAST_BOUNCE_MAILDIR or `maildir`) or"
-        " imaps://user@host/FOLDER (MAILCAST_BOUNCE_IMAP_URL or `imap_url`) with"
-        " MAILCAST_BOUNCE_IMAP_PASSWORD"
-    )
 
 
 class Inbox(Protocol):

@@ -25,7 +25,7 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from mailcast.errors import MailcastError
+from mailcast.errors import TrackingError
 from mailcast.settings import get_settings
 
 VERSION = 1
@@ -37,14 +37,6 @@ MAC_BYTES = 16
 MIN_SECRET_BYTES = 16
 ENV_SECRET = "MAILCAST_TRACKING_SECRET"
 ENV_SECRET_BLOCK = "MAILCAST_TRACKING_SECRET_BLOCK"
-
-
-class TrackingError(MailcastError):
-    default_hint = (
-        "set MAILCAST_TRACKING_SECRET (at least 16 characters, e.g. `python -c 'import secrets;"
-        " print(secrets.token_urlsafe(32))'`) or MAILCAST_TRACKING_SECRET_BLOCK (a Prefect Secret"
-        " block), the same for the sending worker and `mailcast serve`"
-    )
 
 
 @dataclass(frozen=True, slots=True)

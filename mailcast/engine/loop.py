@@ -137,7 +137,6 @@ class _Connection:
     deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
     unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
     connect_failures: int = 0  # in a row
-    on_connection: int = 0  # messages accepted on the current connection
     maybe_delivered: set[int] = field(default_factory=set)  # rows that lost a reply to DATA
 
 
@@ -348,30 +347,15 @@ def _recorded(chunk: _Connection) -> None:
 def _send_reconnecting(chunk: _Connection, sender: str, address: str, data: bytes) -> Reply:
     """Send; while the server cannot be reached, wait and try again (``_wait_for_server``).
     Nothing of a message is transmitted before the connection is up, so this never duplicates.
-
-    A 421 to MAIL on a connection that already carried messages is most often a per-connection
-    message limit ("too many messages, closing"): MAIL was refused, so nothing of the message
-    was accepted, and it goes once more, at once, on a fresh connection (not an attempt, not a
-    slow-down). A 421 there too is a refusal like any other."""
-    fresh_try = False
+    (A reused connection found closed at MAIL, by a drop or a 421, is the transport's to retry
+    once: ``SmtpTransport.send``.)"""
     while True:
         try:
             reply = chunk.transport.send(sender, address, data)
         except ConnectError as exc:
-            chunk.on_connection = 0
             _wait_for_server(chunk, exc)
             continue
-        except SmtpReplyError as exc:
-            reused = chunk.on_connection > 0
-            if exc.code == 421 or isinstance(exc, ConnectionLost):
-                chunk.on_connection = 0  # the transport closed the connection
-            if exc.code == 421 and exc.stage == "MAIL" and reused and not fresh_try:
-                log.debug("421 at MAIL after messages on the connection: %s; reconnecting", exc)
-                fresh_try = True
-                continue
-            raise
         chunk.connect_failures = 0
-        chunk.on_connection += 1
         return reply
 
 

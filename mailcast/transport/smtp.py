@@ -203,10 +203,11 @@ class SmtpConfig:
 class SmtpTransport:
     """One SMTP connection, opened lazily and reused for every ``send``. Not thread-safe.
 
-    ``send`` reconnects by itself after the connection was lost or closed by the server. When the
-    server silently dropped an idle connection (the first command of the next message finds it
-    closed, before anything of that message was accepted), ``send`` reconnects and tries once
-    more at once: no message can be duplicated by this.
+    ``send`` reconnects by itself after the connection was lost or closed by the server. When a
+    connection that already carried messages turns out closed at the next message's MAIL (the
+    server silently dropped it while idle, or answered 421: most often a per-connection message
+    limit), nothing of that message was accepted: ``send`` reconnects and tries once more at
+    once (not an attempt, not a slow-down). No message can be duplicated by this.
     """
 
     def __init__(self, config: SmtpConfig) -> None:
@@ -434,20 +435,24 @@ class SmtpTransport:
         """
         if message.count(b"\n") != message.count(b"\r\n"):  # SMTP needs CRLF line ends
             message = _BARE_LF.sub(b"\r\n", message)
-        try:
-            return self._send_once(sender, recipient, message)
-        except _StaleConnection:
+        reply = self._send_once(sender, recipient, message, retry=True)
+        if reply is None:
             # The server had closed the connection before this message started: nothing of it
             # was accepted, so a second try on a fresh connection cannot duplicate it.
-            return self._send_once(sender, recipient, message, retry=False)
+            reply = self._send_once(sender, recipient, message, retry=False)
+        assert reply is not None
+        return reply
 
     def _send_once(
-        self, sender: str, recipient: str, message: bytes, *, retry: bool = True
-    ) -> Reply:
+        self, sender: str, recipient: str, message: bytes, *, retry: bool
+    ) -> Reply | None:
+        """One try; with ``retry``, None when a reused connection was found closed at MAIL
+        (a drop, or a 421) and the message should go once more on a fresh connection."""
         if self._smtp is None:
             self.open()
         smtp = self._smtp
         assert smtp is not None
+        reused = self._sent_on_connection > 0
         options: list[str] = []
         if not (sender.isascii() and recipient.isascii()):
             if not smtp.has_extn("smtputf8"):
@@ -504,11 +509,16 @@ class SmtpTransport:
             code, resp = smtp.getreply()
             if not 200 <= code < 300:
                 self._refused(smtp, code, resp, stage, rset=False)
+        except SmtpReplyError as exc:
+            if retry and reused and exc.code == 421 and exc.stage == "MAIL":
+                log.debug("421 at MAIL after messages on the connection: %s; reconnecting", exc)
+                return None  # _refused dropped the connection
+            raise
         except OSError as exc:  # SMTPServerDisconnected, reset, broken pipe, timeout
             self._drop()
             timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
-            if retry and stage == "MAIL" and self._sent_on_connection and not timed_out:
-                raise _StaleConnection from exc
+            if retry and reused and stage == "MAIL" and not timed_out:
+                return None
             detail = "timed out" if timed_out else str(exc) or type(exc).__name__
             raise ConnectionLost(
                 f"connection lost during {stage}: {detail}",
@@ -574,7 +584,3 @@ def _rcpt(smtp: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
         return smtp.rcpt(recipient)
     smtp.putcmd("rcpt", f"to:<{recipient}>")
     return smtp.getreply()
-
-
-class _StaleConnection(Exception):
-    """Internal: the reused connection was found closed at MAIL; reconnect and retry once."""
