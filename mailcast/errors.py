@@ -7,15 +7,19 @@
     ├── SourceError               recipient data cannot be read (file:row)
     ├── TemplateError             a template does not compile or uses an unknown variable (template:line)
     ├── AttachmentError           an attachment is missing, too large or outside the campaign folder
+    ├── MessageBuildError         one recipient's message cannot be built (address, Message-ID, no body)
     ├── LedgerError               the tracking database
     │   ├── SchemaOutdatedError   the database schema is behind the code: run `mailcast db upgrade`
     │   └── RunNotFoundError      no run with that id
     ├── TransportError            talking to the mail server (host:port)
-    │   ├── ConnectError          cannot reach the server
-    │   ├── AuthError             the server refused the credentials: stops the run at once
+    │   ├── ConnectError          cannot reach the server; .code: the refused greeting's reply code
+    │   ├── AuthError             the server refused the credentials, or requires authentication
+    │   │                         (530/534/535/538, 5.7.8 ... at any stage): stops the run at once
     │   ├── TlsError              TLS could not be established: stops the run at once
-    │   └── SmtpReplyError        a reply to one message; .code, .permanent (5xx) or temporary (4xx)
-    │       └── ConnectionLost    the server dropped the connection mid-message (temporary)
+    │   └── SmtpReplyError        a refusal of one message; .code, .stage (MAIL/RCPT/DATA),
+    │       │                     .permanent (5xx) or temporary (4xx), .from_server
+    │       └── ConnectionLost    the connection dropped mid-message (temporary); .maybe_delivered
+    │                             when only the reply to the final dot is missing
     ├── TrackingError             no usable tracking secret (MAILCAST_TRACKING_SECRET or its block)
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
@@ -66,6 +70,13 @@ class AttachmentError(MailcastError):
     default_hint = "attachments must be readable files inside the campaign folder"
 
 
+class MessageBuildError(MailcastError):
+    """One recipient's message cannot be built (an address unusable in a header, a bad
+    Message-ID, no body): final for that recipient, the run goes on."""
+
+    default_hint = "check the recipient's address and the campaign's templates"
+
+
 class LedgerError(MailcastError):
     default_hint = "check --db / MAILCAST_DATABASE_URL"
 
@@ -83,7 +94,26 @@ class TransportError(MailcastError):
 
 
 class ConnectError(TransportError):
+    """``code``: the server's reply code when it answered the connection with a refusal (a
+    "421 busy" or "554 no service" greeting, a refused EHLO); None when it could not be reached."""
+
     default_hint = "is the SMTP server running and reachable at that host:port?"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        code: int | None = None,
+    ) -> None:
+        super().__init__(message, where=where, hint=hint)
+        self.code = code
+
+    @property
+    def busy(self) -> bool:
+        """A 4xx greeting: the server is there but asks to come back later (a slow-down)."""
+        return self.code is not None and 400 <= self.code < 500
 
 
 class AuthError(TransportError):
@@ -97,12 +127,24 @@ class TlsError(TransportError):
 
 
 class SmtpReplyError(TransportError):
-    """The server refused one message. 4xx is temporary (retry later), 5xx permanent."""
+    """One message was refused. 4xx is temporary (retry later), 5xx permanent. ``stage``: the
+    command refused (MAIL, RCPT, DATA). ``from_server`` is False when mailcast itself refused to
+    send the message to this server (e.g. an internationalized address to a server without
+    SMTPUTF8): ``code`` then only says how final it is, and the refusal is never a bounce."""
 
-    def __init__(self, code: int, text: str, *, where: str | None = None, stage: str = "") -> None:
+    def __init__(
+        self,
+        code: int,
+        text: str,
+        *,
+        where: str | None = None,
+        stage: str = "",
+        from_server: bool = True,
+    ) -> None:
         self.code = code
         self.text = text
         self.stage = stage
+        self.from_server = from_server
         super().__init__(f"{code} {text}".strip(), where=where)
 
     @property
@@ -111,17 +153,19 @@ class SmtpReplyError(TransportError):
 
 
 class ConnectionLost(SmtpReplyError):
-    """``maybe_delivered``: the whole message was sent and only the server's reply to it is
-    missing (a drop or a timeout then): the server may have accepted it."""
+    """The connection dropped (or timed out) during ``stage``, before the server's reply.
+    ``maybe_delivered``: the whole message was sent and only the server's reply to it is
+    missing: the server may have accepted it (the engine records the row ``unknown``)."""
 
     def __init__(
         self,
         text: str = "connection lost",
         *,
         where: str | None = None,
+        stage: str = "",
         maybe_delivered: bool = False,
     ) -> None:
-        super().__init__(0, text, where=where, stage="connection")
+        super().__init__(0, text, where=where, stage=stage)
         self.maybe_delivered = maybe_delivered
 
     @property

@@ -114,6 +114,12 @@ class CampaignSpec(BaseModel):
         default=None,
         description="Also offer unsubscribing by mail to this address (List-Unsubscribe mailto:)",
     )
+    suppress_smtp_bounces: bool = Field(
+        default=True,
+        description="Suppress an address (for every later campaign) when the server refuses it "
+        "at RCPT as bad (a hard bounce such as 550 5.1.1 unknown user), as a DSN with that code "
+        "would; false: record the bounce event only",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -10,6 +10,7 @@ Rules are checked in order at each *stage* of the conversation; the first one th
         Rule("RCPT", reply="451 4.3.0 try later", address="slow@example.org", times=1),
         Rule("DATA", drop=True, nth=3),                              # 3rd message: drop after data
         Rule("DATA", delay=0.5),                                     # a slow server
+        Rule("DATA", keep=True, drop=True, nth=4),    # 4th message: kept, then the reply is lost
         messages_per_connection=10,                                  # then 421 and close
         advertise_starttls=True,                                     # ...and refuse it with 454
     )
@@ -20,7 +21,8 @@ Stages: CONNECT (before the greeting), EHLO, STARTTLS, AUTH, MAIL (address = the
 RCPT (address = the recipient), DATA_CMD (the DATA command, before 354), DATA (after the message
 was received, before the final reply; address = any recipient).
 
-What a rule does, in this order: sleep ``delay`` seconds (``asyncio.sleep``); close the connection
+What a rule does, in this order: at DATA with ``keep``, take the message (the server has it, like
+a real server whose reply gets lost); sleep ``delay`` seconds (``asyncio.sleep``); close the connection
 without a reply if ``drop``; answer ``reply`` instead of the normal answer (a reply starting with
 421 also closes the connection afterwards, like real servers; force with ``close``). A rule with
 only a ``delay`` then proceeds normally. ``when`` takes an ``Event`` for anything else.
@@ -36,7 +38,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -70,6 +72,7 @@ class Rule:
     times: int | None = None
     when: Callable[[Event], bool] | None = None
     close: bool | None = None
+    keep: bool = False  # DATA only: the message is received (recorded) before the fault
     fired: int = field(default=0, init=False)
 
     @property
@@ -120,13 +123,20 @@ class FaultyHandler(CaptureHandler):
     server: FaultyServer
 
     async def fault(
-        self, smtp: CaptureSMTP, stage: str, addresses: tuple[str, ...], *, broken_tls: bool = False
+        self,
+        smtp: CaptureSMTP,
+        stage: str,
+        addresses: tuple[str, ...],
+        *,
+        broken_tls: bool = False,
+        keep: Callable[[], Awaitable[str]] | None = None,
     ) -> str | None:
         """Apply the first matching rule: return the reply to send instead of the normal one,
-        or None to go on normally. A drop does not return."""
+        or None to go on normally. A drop does not return. ``keep`` takes the message (DATA)."""
         rule = self.server._match(stage, addresses, smtp)
         if rule is None:
             return None
+        kept = await keep() if rule.keep and keep is not None else None
         if rule.delay:
             await asyncio.sleep(rule.delay)
         if rule.drop:
@@ -134,7 +144,7 @@ class FaultyHandler(CaptureHandler):
                 await smtp.push("220 2.0.0 Ready to start TLS")
             await drop_connection(smtp)
         if rule.reply is None:
-            return None
+            return kept  # the message was taken: its normal reply, not a second copy
         if rule.closes:
             await smtp.push(rule.reply)
             await drop_connection(smtp)
@@ -195,7 +205,10 @@ class FaultyHandler(CaptureHandler):
         return await super().handle_RCPT(smtp, session, envelope, address, rcpt_options)
 
     async def handle_DATA(self, smtp: CaptureSMTP, session: Session, envelope: Envelope) -> str:
-        status = await self.fault(smtp, "DATA", tuple(envelope.rcpt_tos))
+        async def keep() -> str:
+            return await super(FaultyHandler, self).handle_DATA(smtp, session, envelope)
+
+        status = await self.fault(smtp, "DATA", tuple(envelope.rcpt_tos), keep=keep)
         if status is not None:
             return status
         return await super().handle_DATA(smtp, session, envelope)

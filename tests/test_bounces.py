@@ -7,6 +7,7 @@ is seen twice. Also: soft bounces N in a row, SMTP-time rejections, the parser o
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import uuid
@@ -19,6 +20,7 @@ from sqlalchemy import text
 from mailcast.engagement import bounces, tokens
 from mailcast.engagement.mailbox import MaildirInbox
 from mailcast.engagement.processing import process_mailbox, record_smtp_bounces
+from mailcast.ledger.models import FAILED, SENT, SmtpStage
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
 
@@ -598,12 +600,13 @@ def test_soft_bounces_suppress_after_n_in_a_row(tmp_path: Path, db_url: str) -> 
             assert found == [{"reason": "hard_bounce", "source": "3 soft bounces in a row"}]
 
 
-def _smtp_run(db_url: str) -> tuple[str, dict[str, int], str]:
-    """A run refused at SMTP time: an unknown user at RCPT, spam at DATA, a 4xx, one sent."""
+def _smtp_run(db_url: str, spec: dict[str, Any] | None = None) -> tuple[str, dict[str, int], str]:
+    """A run refused at SMTP time: an unknown user at RCPT, spam at DATA, a 4xx, one sent; the
+    sender refused at MAIL and mailcast's own refusal (no SMTPUTF8), which are no bounces."""
     ledger = Ledger(db_url)
     tag = uuid.uuid4().hex[:6]
-    run_id = ledger.create_run(f"smtp-{tag}", {}, dry_run=False, transport=None)
-    names = ("unknown", "spamtrap", "ok", "later")
+    run_id = ledger.create_run(f"smtp-{tag}", spec or {}, dry_run=False, transport=None)
+    names = ("unknown", "spamtrap", "ok", "later", "sender", "local")
     addresses = [f"{n}-{tag}@example.com" for n in names]
     ledger.plan(run_id, [Recipient(i + 2, a, {}, None, a) for i, a in enumerate(addresses)])
     by_name = dict(zip(names, addresses, strict=True))
@@ -611,15 +614,24 @@ def _smtp_run(db_url: str) -> tuple[str, dict[str, int], str]:
     ids = {n: claims[a] for n, a in by_name.items()}
     ledger.record(
         [
-            Outcome(ids["unknown"], "failed",
+            Outcome(ids["unknown"], FAILED,
                     reason=f"hard bounce: 550 5.1.1 <{by_name['unknown']}>: user unknown (at RCPT)",
-                    smtp_code=550, smtp_reply=f"5.1.1 <{by_name['unknown']}>: user unknown"),
-            Outcome(ids["spamtrap"], "failed",
+                    smtp_code=550, smtp_reply=f"5.1.1 <{by_name['unknown']}>: user unknown",
+                    smtp_stage=SmtpStage.RCPT),
+            Outcome(ids["spamtrap"], FAILED,
                     reason="rejected at DATA: 554 5.7.1 message rejected as spam",
-                    smtp_code=554, smtp_reply="5.7.1 message rejected as spam"),
-            Outcome(ids["ok"], "sent", smtp_code=250),
-            Outcome(ids["later"], "failed",
-                    reason="temporary failure after 3 attempts: 451 try later", smtp_code=451),
+                    smtp_code=554, smtp_reply="5.7.1 message rejected as spam",
+                    smtp_stage=SmtpStage.DATA),
+            Outcome(ids["ok"], SENT, smtp_code=250, smtp_stage=SmtpStage.DATA),
+            Outcome(ids["later"], FAILED,
+                    reason="temporary failure after 3 attempts: 451 try later", smtp_code=451,
+                    smtp_stage=SmtpStage.RCPT),
+            Outcome(ids["sender"], FAILED,
+                    reason="rejected at MAIL: 550 5.1.1 sender unknown", smtp_code=550,
+                    smtp_reply="5.1.1 sender unknown", smtp_stage=SmtpStage.MAIL),
+            Outcome(ids["local"], FAILED,
+                    reason="not sent: the server does not offer SMTPUTF8, needed for a non-ASCII"
+                    " address"),
         ]
     )  # fmt: skip
     return run_id, ids, tag
@@ -639,15 +651,23 @@ def test_smtp_time_rejections_become_hard_bounce_events_once(db_url: str) -> Non
     )
     assert sorted(e["delivery_id"] for e in events) == sorted([ids["unknown"], ids["spamtrap"]])
     assert {e["kind"] for e in events} == {"bounce"}
+    details = [e["detail"] if isinstance(e["detail"], dict) else json.loads(e["detail"])
+               for e in events]  # fmt: skip
+    assert {d["stage"] for d in details} == {"RCPT", "DATA"}
     (s,) = rows(
         db_url, "SELECT hard_bounces, failed FROM campaign_summary WHERE run_id = :r", r=run_id
     )
-    assert (s["hard_bounces"], s["failed"]) == (2, 3)
-    assert suppressed_with(db_url, tag) == set()  # the flow's default: events only
+    assert (s["hard_bounces"], s["failed"]) == (2, 5)
+    # by default, like the same code in a DSN: the recipient refused as unknown is suppressed,
+    # the spam block is not (nor the sender refused at MAIL with the same 5.1.1)
+    assert suppressed_with(db_url, tag) == {f"unknown-{tag}@example.com"}
 
-    # suppress=True: the recipient refused as unknown is suppressed, the spam block is not
-    run_id, ids, tag = _smtp_run(db_url)
-    assert record_smtp_bounces(db_url, run_id, suppress=True) == 2
+    # the campaign turned it off: events only
+    run_id, ids, tag = _smtp_run(db_url, {"suppress_smtp_bounces": False})
+    assert record_smtp_bounces(db_url, run_id) == 2
+    assert suppressed_with(db_url, tag) == set()
+    run_id, ids, tag = _smtp_run(db_url, {"suppress_smtp_bounces": False})
+    assert record_smtp_bounces(db_url, run_id, suppress=True) == 2  # the caller decides
     assert suppressed_with(db_url, tag) == {f"unknown-{tag}@example.com"}
 
 

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailcast.capture import CaptureServer
+from mailcast.engagement import suppression
 from mailcast.engine.chunk import send_chunk
 from mailcast.engine.control import RunControl
 from mailcast.engine.loop import ChunkResult
@@ -81,7 +82,18 @@ class Run:
         return total
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        return {r["address"]: r for r in self.ledger.deliveries(self.run_id)}
+        """The report's rows by address, with the SMTP stage each recorded reply answers."""
+        from sqlalchemy import select
+
+        from mailcast.ledger.models import Delivery
+
+        query = select(Delivery.address, Delivery.smtp_stage).where(Delivery.run_id == self.run_id)
+        with self.ledger.engine.connect() as conn:
+            stages = dict(conn.execute(query).tuples().all())
+        return {
+            r["address"]: {**r, "smtp_stage": stages[r["address"]]}
+            for r in self.ledger.deliveries(self.run_id)
+        }
 
     def finish(self) -> str:
         """Close the run like the flow does; every row must be accounted for."""
@@ -100,8 +112,12 @@ def plan(
     addresses: list[str] | None = None,
     url: str | None = None,
     expect_skipped: bool = False,
+    db: str | None = None,
+    suppressed: dict[str, str] | None = None,
     **spec_extra: Any,
 ) -> Run:
+    """Plan a run (in ``folder``'s own SQLite ledger, or ``db``), validated against the
+    ``suppressed`` addresses (key → reason)."""
     rows = people(n)
     if addresses is not None:
         rows = [dict(r, email=a) for r, a in zip(people(len(addresses)), addresses, strict=True)]
@@ -109,10 +125,12 @@ def plan(
         folder, rows, attachments=False, spec_extra={**FAST, "chunk_size": 1000, **spec_extra}
     )
     spec = load_spec(spec_path)
-    db = f"sqlite:///{folder / 'ledger.sqlite3'}"
+    db = db or f"sqlite:///{folder / 'ledger.sqlite3'}"
     ledger = Ledger(db)
     url = url or server.url
-    table = validate_recipients(read_recipients(spec.recipients, spec.base_dir))
+    table = validate_recipients(
+        read_recipients(spec.recipients, spec.base_dir), suppressed=suppressed or {}
+    )
     assert expect_skipped or not table.rejected, [r.reason for r in table.rejected]
     run_id = plan_run(ledger, spec, table, Target(smtp_url=url))
     return Run(spec, db, run_id, url, [str(r["email"]) for r in rows])
@@ -304,8 +322,9 @@ def test_permanent_rejections_are_final_and_never_retried(tmp_path: Path) -> Non
 
 
 def test_drop_mid_data_resumes_from_the_first_unacknowledged_message(tmp_path: Path) -> None:
-    """Acknowledged messages are never sent again; the dropped one is, after the others."""
-    rules = [Rule("DATA", drop=True, nth=n) for n in (3, 7, 8)]
+    """A connection lost while the message is still going out (before the final dot): nothing
+    of it was accepted, it goes again; acknowledged messages are never sent again."""
+    rules = [Rule("DATA_CMD", drop=True, nth=n) for n in (3, 7, 8)]
     with FaultyServer(*rules) as server:
         run = plan(tmp_path, server, 10)
         run.send()
@@ -320,10 +339,69 @@ def test_drop_mid_data_resumes_from_the_first_unacknowledged_message(tmp_path: P
     assert server.connections == 4
 
 
-def test_a_reply_that_never_comes_times_out_and_is_retried(tmp_path: Path) -> None:
-    slow, dead, lost = "person1@example.com", "person3@example.com", "person4@example.com"
+LOST_REPLY = (
+    "may have been delivered: the whole message was sent, the server's reply to it never came"
+    " (connection lost during DATA: {})"
+)
+
+
+@pytest.mark.parametrize(
+    ("rule", "options", "detail"),
+    [
+        # the server took the message, then the connection dropped before its reply
+        (Rule("DATA", keep=True, drop=True, address="person2@example.com"), {}, "{}"),
+        # the server took the message and never answers: the client times out
+        (
+            Rule("DATA", keep=True, delay=3, drop=True, address="person2@example.com"),
+            {"timeout": "0.5"},
+            "timed out",
+        ),
+    ],
+    ids=["drop", "timeout"],
+)
+def test_a_lost_reply_to_data_is_unknown_and_resent_only_on_request(
+    tmp_path: Path, rule: Rule, options: dict[str, str], detail: str
+) -> None:
+    """Issue 11: the server may have the message; sending it again would deliver a second copy.
+    The row is `unknown` (like a row in flight at a crash), never retried by the run; a resume
+    re-sends it only with --resend-unknown."""
+    from mailcast.engine.resume import reopen_run
+
+    lost = "person2@example.com"
+    with FaultyServer(rule) as server:
+        run = plan(tmp_path, server, 5, max_attempts=3)
+        result = run.send(**options)
+        rows = run.rows()
+        assert server.accepted_count(lost) == 1  # exactly one copy
+        assert (rows[lost]["status"], rows[lost]["attempts"]) == ("unknown", 1)
+        assert rows[lost]["smtp_code"] is None and rows[lost]["smtp_stage"] == "DATA"
+        reason = rows[lost]["reason"]
+        assert reason.startswith(LOST_REPLY.split("{")[0]), reason
+        if detail != "{}":
+            assert reason == LOST_REPLY.format(detail)
+        assert result.reasons == {"may have been delivered": 1}
+        assert {a: r["status"] for a, r in rows.items() if a != lost} == dict.fromkeys(
+            set(run.addresses) - {lost}, "sent"
+        )
+        assert run.finish() == "completed"  # no row left open: unknown is reported, not retried
+
+        rule.times = rule.fired  # the server behaves from now on
+        assert reopen_run(run.ledger, run.run_id) == {"unknown": 0, "reopened": 0}
+        run.send(**options)
+        assert server.accepted_count(lost) == 1  # resume without the flag: not sent again
+        assert run.rows()[lost]["status"] == "unknown"
+
+        assert reopen_run(run.ledger, run.run_id, resend_unknown=True)["reopened"] == 1
+        run.send(**options)
+        assert server.accepted_count(lost) == 2  # asked for: sent again
+    assert run.rows()[lost]["status"] == "sent"
+    assert len(server.messages) == 6
+    assert run.finish() == "completed"
+
+
+def test_a_reply_that_never_comes_times_out(tmp_path: Path) -> None:
+    dead, lost = "person3@example.com", "person4@example.com"
     rules = [
-        Rule("DATA", delay=3, drop=True, address=slow, times=1),
         Rule("RCPT", delay=3, drop=True, address=dead),
         Rule("DATA", delay=3, drop=True, address=lost),  # after the whole message was sent
     ]
@@ -333,23 +411,18 @@ def test_a_reply_that_never_comes_times_out_and_is_retried(tmp_path: Path) -> No
         run.send(timeout="0.5")
         took = time.monotonic() - started
     rows = run.rows()
-    assert (rows[slow]["status"], rows[slow]["attempts"], rows[slow]["reason"]) == ("sent", 2, None)
     assert rows[dead]["status"] == "failed"
     assert rows[dead]["reason"] == (
         "temporary failure after 2 attempts: connection lost during RCPT: timed out"
     )
-    assert rows[dead]["attempts"] == 2
-    # no reply to the end of DATA, twice: the server may have the message; not `failed`
-    # (`mailcast retry --failed` would send it again), but explicitly unknown
-    assert (rows[lost]["status"], rows[lost]["attempts"]) == ("unknown", 2)
-    assert rows[lost]["reason"] == (
-        "may have been delivered: the connection was lost after the whole message was sent"
-        " (no reply to DATA); then temporary failure after 2 attempts: connection lost during"
-        " DATA: timed out"
-    )
-    assert server.accepted_count(slow) == 1 and server.accepted_count(dead) == 0
+    assert (rows[dead]["attempts"], rows[dead]["smtp_stage"]) == (2, "RCPT")
+    # no reply to the end of DATA: the server may have the message; not `failed` (`mailcast
+    # retry --failed` would send it again) and not retried, but explicitly unknown
+    assert (rows[lost]["status"], rows[lost]["attempts"]) == ("unknown", 1)
+    assert rows[lost]["reason"] == LOST_REPLY.format("timed out")
+    assert server.accepted_count(dead) == 0
     assert len(server.messages) == 3
-    assert took < 5  # five timeouts of 0.5 s, not five waits of 3 s
+    assert took < 5  # three timeouts of 0.5 s, not three waits of 3 s
     assert run.finish() == "completed"
 
 
@@ -497,6 +570,118 @@ def test_consecutive_failures_pause_the_run_then_resume_finishes_it(tmp_path: Pa
     counts = run.ledger.counts(run.run_id)
     assert counts["sent"] == len(server.messages) == 60 - counts["failed"]
     assert run.finish() == "completed"
+
+
+def test_authentication_required_at_mail_stops_the_run_without_failing_anyone(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: 530 5.7.0 at MAIL is the sender's problem: the run stops as an authentication
+    failure (paused, with the reason), no recipient is failed, and resume sends them all."""
+    from mailcast.engine.resume import reopen_run
+
+    required = Rule("MAIL", reply="530 5.7.0 Authentication required")
+    with FaultyServer(required) as server:
+        run = plan(tmp_path, server, 60, pause_after_failures=50)
+        with pytest.raises(AuthError) as info:
+            run.send(chunks=3)
+        err = info.value
+        assert str(err) == (
+            f"127.0.0.1:{server.port}: the server refused to send without valid authentication:"
+            " 530 5.7.0 Authentication required (at MAIL)"
+        )
+        assert "username" in err.hint and "mailcast resume" in err.hint
+        assert "\n" not in str(err)
+        rows = run.rows()
+        assert {(r["status"], r["reason"]) for r in rows.values()} == {("pending", None)}
+        assert server.messages == []
+        assert server.attempts("MAIL") <= 3  # each connection stopped at its first refusal
+        assert run.finish() == "paused"
+        assert run.ledger.run(run.run_id).note == str(err)
+        summary = summarize_run(run.ledger, run.run_id)
+        assert f"Stopped: {err}." in summary.markdown()
+
+        server.rules.clear()  # the operator fixed the login
+        reopen_run(run.ledger, run.run_id)
+        run.send(chunks=3)
+    sent_once(run, server)
+
+
+def test_retry_failed_reopens_the_senders_refusals_not_the_recipients(tmp_path: Path) -> None:
+    """Rows refused at MAIL (the sender's policy) are reopened by `retry --failed`, told apart
+    by their recorded stage; a recipient refused at RCPT and mailcast's own refusal are not.
+    SMTP-time bounces are the refusals of the recipient only; the unknown user is suppressed."""
+    from mailcast.engagement.processing import record_smtp_bounces
+    from mailcast.engine.resume import reopen_run
+
+    addresses = ["a@example.com", "gone@example.com", "jörg@exämple.org", "b@example.com",
+                 "c@example.com"]  # fmt: skip
+    rules = [
+        Rule("MAIL", reply="553 5.7.1 Sender address rejected: not owned by user", nth=1),
+        Rule("RCPT", reply="550 5.1.1 No such user", address="gone@example.com"),
+        Rule("MAIL", reply="550 5.7.1 Sender rejected by policy", nth=4),
+    ]
+    with FaultyServer(*rules, smtputf8=False) as server:
+        run = plan(tmp_path, server, addresses=addresses, pause_after_failures=0)
+        run.send()
+        rows = run.rows()
+        got = {a: (r["status"], r["smtp_code"], r["smtp_stage"]) for a, r in rows.items()}
+        assert got == {
+            "a@example.com": ("failed", 553, "MAIL"),
+            "gone@example.com": ("failed", 550, "RCPT"),
+            "jörg@exämple.org": ("failed", None, None),
+            "b@example.com": ("sent", 250, "DATA"),
+            "c@example.com": ("failed", 550, "MAIL"),
+        }
+        assert rows["jörg@exämple.org"]["reason"].startswith("not sent: the server does not")
+        assert run.finish() == "completed"
+
+        # only the refusal of the recipient is a bounce; it is suppressed by default
+        assert record_smtp_bounces(run.db, run.run_id) == 1
+        assert suppression.suppressed(run.ledger.engine) == {"gone@example.com": "hard_bounce"}
+
+        assert reopen_run(run.ledger, run.run_id, retry_failed=True)["reopened"] == 2
+        run.send()
+    rows = run.rows()
+    assert {a: r["status"] for a, r in rows.items()} == {
+        "a@example.com": "sent", "gone@example.com": "failed", "jörg@exämple.org": "failed",
+        "b@example.com": "sent", "c@example.com": "sent",
+    }  # fmt: skip
+    assert {a: server.accepted_count(a) for a in addresses} == {
+        "a@example.com": 1, "gone@example.com": 0, "jörg@exämple.org": 0, "b@example.com": 1,
+        "c@example.com": 1,
+    }  # fmt: skip
+    assert run.finish() == "completed"
+
+
+@pytest.mark.parametrize("suppress", [True, False])
+def test_a_hard_bounce_at_rcpt_is_suppressed_for_the_next_campaign(
+    tmp_path: Path, suppress: bool
+) -> None:
+    """Issue 11: 550 5.1.1 at RCPT suppresses the address by default (as the same code in a DSN
+    does): the next campaign skips it as `suppressed:hard_bounce`. A campaign can turn it off."""
+    from mailcast.engagement.processing import record_smtp_bounces
+
+    gone = "person1@example.com"
+    db = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    extra = {} if suppress else {"suppress_smtp_bounces": False}
+    with FaultyServer(Rule("RCPT", reply="550 5.1.1 No such user", address=gone)) as server:
+        first = plan(tmp_path / "one", server, 3, db=db, name="first-campaign", **extra)
+        first.send()
+        assert first.rows()[gone]["reason"] == "hard bounce: 550 5.1.1 No such user (at RCPT)"
+        assert record_smtp_bounces(db, first.run_id) == 1  # what the flow does after sending
+
+        second = plan(
+            tmp_path / "two", server, 3, db=db, name="second-campaign", expect_skipped=True,
+            suppressed=suppression.suppressed_for(db),
+        )  # fmt: skip
+        second.send()
+    rows = second.rows()
+    if suppress:
+        assert (rows[gone]["status"], rows[gone]["reason"]) == ("skipped", "suppressed:hard_bounce")
+        assert server.attempts("RCPT", gone) == 1  # the second campaign never tried it
+    else:
+        assert rows[gone]["status"] == "failed"
+        assert server.attempts("RCPT", gone) == 2
 
 
 def test_unexpected_error_mid_send_leaves_the_row_unknown(tmp_path: Path) -> None:

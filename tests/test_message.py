@@ -22,7 +22,7 @@ from mailcast.compose.mime import (
     encoded_words,
 )
 from mailcast.compose.templates import Rendered
-from mailcast.errors import AttachmentError, SpecError
+from mailcast.errors import AttachmentError, MessageBuildError, SpecError
 from mailcast.spec import CampaignSpec
 
 HYPOTHESIS = settings(
@@ -147,7 +147,7 @@ def test_message_id_domain(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a b@x", "a\r\nBcc: e@x", "<a@b>c>", "a@b@c"])
 def test_bad_message_id(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MessageBuildError):
         MessageBuilder(make_spec(tmp_path)).build(rendered(), "z@example.com", bad)
 
 
@@ -173,7 +173,7 @@ def test_explicit_date(tmp_path: Path) -> None:
     ],
 )
 def test_bad_to_address(tmp_path: Path, address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MessageBuildError):
         MessageBuilder(make_spec(tmp_path)).build(rendered(), address, "x")
 
 
@@ -279,7 +279,7 @@ def test_shapes(tmp_path: Path, shape: str, with_attachment: bool) -> None:
 
 
 def test_missing_body_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MessageBuildError):
         MessageBuilder(make_spec(tmp_path)).build(
             rendered(text=None, html=None), "z@x.example", "x"
         )

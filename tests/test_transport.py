@@ -26,7 +26,7 @@ from mailcast.errors import (
 )
 from mailcast.transport.base import Reply, Transport
 from mailcast.transport.outbox import OutboxTransport
-from mailcast.transport.smtp import SmtpConfig, SmtpTransport
+from mailcast.transport.smtp import SmtpConfig, SmtpTransport, is_auth_reply
 from tests.smtp_faults import FaultyServer, Rule, self_signed_context
 
 SENDER = "news@example.org"
@@ -231,6 +231,7 @@ def test_421_greeting_is_a_connect_error_then_connects() -> None:
             assert "refused the connection: 421 4.3.2 Too busy, try later" in str(info.value)
             assert f"127.0.0.1:{server.port}" in str(info.value)
             assert "busy" in info.value.hint
+            assert (info.value.code, info.value.busy) == (421, True)  # the engine's slow-down
         transport.send(SENDER, "a@example.org", make_message("a@example.org"))
         transport.close()
     assert server.connections == 3
@@ -242,6 +243,7 @@ def test_554_greeting_is_a_connect_error() -> None:
     with FaultyServer(rule) as server, pytest.raises(ConnectError) as info:
         transport_for(server).open()
     assert "refused the connection: 554 5.7.1 No SMTP service here" in str(info.value)
+    assert (info.value.code, info.value.busy) == (554, False)
 
 
 # -- dropped connections ---------------------------------------------------------------------
@@ -255,7 +257,7 @@ def test_drop_during_data_is_connection_lost_then_reconnects() -> None:
             transport.send(SENDER, "r2@example.org", make_message("r2@example.org"))
         err = info.value
         assert isinstance(err, SmtpReplyError)
-        assert (err.code, err.stage, err.permanent) == (0, "connection", False)
+        assert (err.code, err.stage, err.permanent) == (0, "DATA", False)
         assert "during DATA" in err.text
         assert err.where == f"127.0.0.1:{server.port}"
         assert not transport.is_open
@@ -375,12 +377,57 @@ def test_username_but_no_auth_offered_hints_at_security(capture: CaptureServer) 
 
 
 def test_server_requiring_auth_refuses_mail_without_login() -> None:
+    """530 at MAIL is the sender's problem, not a refusal of this message: an AuthError."""
     with CaptureServer(username="mailer", password=PASSWORD) as server:
         transport = transport_for(server, username=None, password=None)
-        with pytest.raises(SmtpReplyError) as info:
+        with pytest.raises(AuthError) as info:
             transport.send(SENDER, "a@example.org", make_message("a@example.org"))
         transport.close()
-    assert (info.value.code, info.value.stage) == (530, "MAIL")
+    assert str(info.value) == (
+        f"127.0.0.1:{server.port}: the server refused to send without valid authentication:"
+        " 530 5.7.0 Authentication required (at MAIL)"
+    )
+    assert "smtp://USER@HOST:PORT" in info.value.hint
+    assert "MAILCAST_SMTP_PASSWORD" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("rule", "stage"),
+    [
+        (Rule("MAIL", reply="535 5.7.8 Authentication credentials invalid"), "MAIL"),
+        (Rule("RCPT", reply="530 5.7.0 Authentication required"), "RCPT"),
+        (Rule("RCPT", reply="550 5.7.0 Must authenticate before relaying"), "RCPT"),
+        (Rule("DATA", reply="554 5.7.9 Authentication mechanism is too weak"), "DATA"),
+        (Rule("DATA_CMD", reply="538 5.7.11 Encryption required"), "DATA"),
+    ],
+)
+def test_authentication_class_replies_at_any_stage_are_auth_errors(rule: Rule, stage: str) -> None:
+    with FaultyServer(rule) as server, transport_for(server) as transport:
+        with pytest.raises(AuthError, match=rf"\(at {stage}\)$"):
+            transport.send(SENDER, "a@example.org", make_message("a@example.org"))
+        assert not transport.is_open
+    assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "auth"),
+    [
+        (530, "5.7.0 Authentication required", True),
+        (535, "Authentication failed", True),
+        (534, "5.7.9 Please log in with your web browser", True),
+        (538, "5.7.11 Encryption required for requested authentication mechanism", True),
+        (550, "5.7.8 Error: authentication failed", True),
+        (451, "4.7.12 A password transition is needed", True),
+        (550, "5.7.0 Must authenticate", True),
+        (550, "5.7.1 Sender address rejected: not owned by user", False),
+        (550, "5.7.0 Message rejected as spam", False),
+        (550, "5.1.1 No such user", False),
+        (454, "4.7.0 TLS not available due to local problem", False),
+        (250, "2.7.0 Authentication successful", False),
+    ],
+)
+def test_is_auth_reply(code: int, text: str, auth: bool) -> None:
+    assert is_auth_reply(code, text) is auth
 
 
 # -- TLS -------------------------------------------------------------------------------------
@@ -464,6 +511,7 @@ def test_non_ascii_address_without_smtputf8_is_permanent_553() -> None:
         with pytest.raises(SmtpReplyError) as info:
             transport.send(SENDER, "jörg@exämple.org", make_message("x@example.org"))
         assert (info.value.code, info.value.stage, info.value.permanent) == (553, "MAIL", True)
+        assert not info.value.from_server  # mailcast's own refusal: never a bounce
         transport.send(SENDER, "a@example.org", make_message("a@example.org"))
     assert server.connections == 1
 

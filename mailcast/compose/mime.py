@@ -10,8 +10,8 @@ Header safety: every header value goes through :func:`encode_header`, which firs
 character that could end a line (CR, LF, NUL, VT, FF, \\x1c-\\x1e, \\x85, U+2028, U+2029, tab)
 into a space, then writes printable ASCII as is (folded at spaces) and anything else as RFC 2047
 encoded-words. Recipient data therefore can never start a header line of its own. Addresses are
-checked (:func:`check_address`) and refused with ``ValueError`` when they contain anything an
-addr-spec may not.
+checked (:func:`check_address`) and refused with ``MessageBuildError`` when they contain anything
+an addr-spec may not.
 
 Shapes: text only → ``text/plain``; html only → ``text/html``; both → ``multipart/alternative``
 (text, then html); with attachments → ``multipart/mixed`` holding the body (or the alternative)
@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailcast.compose.templates import Rendered, is_template
-from mailcast.errors import AttachmentError, SpecError
+from mailcast.errors import AttachmentError, MessageBuildError, SpecError
 from mailcast.spec import CampaignSpec
 
 CRLF = b"\r\n"
@@ -136,7 +136,7 @@ def encode_header(name: str, value: str) -> bytes:
 
 def check_address(address: str) -> str:
     """Return ``address`` if it is a plain addr-spec (``local@domain``, the domain possibly a
-    ``[literal]``); otherwise raise ``ValueError``. CR, LF, NUL, whitespace, ``<>``, commas and
+    ``[literal]``); otherwise raise ``MessageBuildError``. CR, LF, NUL, whitespace, ``<>``, commas and
     other specials are refused, so an address cannot add a header or another recipient."""
     local, at, domain = address.rpartition("@")
     ok = bool(at and local and domain) and not _LOCAL_BAD.search(local)
@@ -146,7 +146,7 @@ def check_address(address: str) -> str:
         else:
             ok = not _DOMAIN_BAD.search(domain)
     if not ok:
-        raise ValueError(f"not a plain email address: {address!r}")
+        raise MessageBuildError(f"not a plain email address: {address!r}", where="to")
     return address
 
 
@@ -202,7 +202,7 @@ def _parse_addresses(value: str, field: str, *, single: bool) -> list[tuple[str,
     for _name, address in pairs:
         try:
             check_address(address)
-        except ValueError:
+        except MessageBuildError:
             raise SpecError(
                 f"{value!r}: {address!r} is not an email address", where=field
             ) from None
@@ -430,14 +430,14 @@ class MessageBuilder:
 
     def format_message_id(self, message_id: str) -> str:
         """``<id@domain>`` from ``id@domain``, ``<id@domain>`` or ``id`` (which gets
-        ``@message_id_domain``). ``ValueError`` for whitespace, controls or brackets inside."""
+        ``@message_id_domain``). ``MessageBuildError`` for whitespace, controls or brackets inside."""
         core = message_id.strip()
         if core.startswith("<") and core.endswith(">"):
             core = core[1:-1]
         if core and "@" not in core:
             core = f"{core}@{self.message_id_domain}"
         if not core or _ID_BAD.search(core) or core.count("@") != 1:
-            raise ValueError(f"not a usable Message-ID: {message_id!r}")
+            raise MessageBuildError(f"not a usable Message-ID: {message_id!r}", where="Message-ID")
         return f"<{core}>"
 
     def _date_header(self) -> bytes:
@@ -470,7 +470,10 @@ class MessageBuilder:
         elif html is not None:
             subtype, content = "html", html
         else:
-            raise ValueError("the message has neither a text nor an html body")
+            raise MessageBuildError(
+                "the message has neither a text nor an html body",
+                hint="give the campaign a `text` or an `html` template",
+            )
         cte, body = encode_body(content, in_multipart=not ends_message, ends_message=ends_message)
         out += (heads[subtype, cte], body)
 
@@ -492,7 +495,7 @@ class MessageBuilder:
         ``message_id`` may be given with or without angle brackets (see
         :meth:`format_message_id`); the header is always ``<...>``. ``date`` is an RFC 5322 date
         (default: now, UTC). Custom headers are those of the spec, in its order; a templated
-        one that renders empty is left out. ``ValueError`` for an unusable address or
+        one that renders empty is left out. ``MessageBuildError`` for an unusable address or
         Message-ID; ``AttachmentError`` when the message is over ``max_message_bytes``
         (``row`` only makes that message name the row).
         """

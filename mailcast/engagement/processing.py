@@ -288,42 +288,49 @@ def process_mailbox(
     return summary
 
 
-def record_smtp_bounces(database_url: str, run_id: str, *, suppress: bool = False) -> int:
-    """Turn the run's SMTP-time rejections (a 5xx reply to RCPT or DATA: ``failed`` rows with a
-    5xx ``smtp_code``) into ``bounce`` events with ``{"type": "hard", "source": "smtp"}``, once
-    each. With ``suppress``, also suppress the address when the server refused the *recipient*
-    and the reply says the address is bad (``hard bounce: …`` rows whose reply classifies as
-    hard: 5.1.x unknown user and the like, not policy blocks). The campaign flow records the
-    events only: the row is ``failed`` already, and suppressing on one SMTP reply is left to the
-    operator (``mailcast suppress``). Returns how many events were added."""
-    from mailcast.ledger.models import FAILED
+def record_smtp_bounces(database_url: str, run_id: str, *, suppress: bool | None = None) -> int:
+    """Turn the run's SMTP-time bounces into ``bounce`` events with ``{"type": "hard",
+    "source": "smtp", "stage": ...}``, once each: ``failed`` rows whose recorded reply
+    (``smtp_code``, ``smtp_stage``) is the server's 5xx refusal of the recipient (RCPT) or of
+    the message (DATA). Not bounces: a refusal at MAIL (the sender's problem, not the
+    recipient's), mailcast's own refusals (no reply from the server: no code, no stage),
+    temporary failures.
+
+    And, like the same code arriving in a DSN, suppress the address when the server refused the
+    *recipient* at RCPT and the reply says the address is bad (5.1.x unknown user and the like,
+    not policy blocks or a full mailbox). ``suppress``: None takes the run's campaign setting
+    ``suppress_smtp_bounces`` (on by default). Returns how many events were added."""
+    from mailcast.ledger.models import FAILED, SmtpStage
     from mailcast.ledger.store import Ledger
 
-    engine = Ledger(database_url, create=False).engine
+    ledger = Ledger(database_url, create=False)
+    if suppress is None:
+        suppress = bool(ledger.run(run_id).spec.get("suppress_smtp_bounces", True))
     query = select(
-        D.c.id, D.c.address_key, D.c.reason, D.c.smtp_code, D.c.smtp_reply, D.c.updated_at
+        D.c.id, D.c.address_key, D.c.smtp_code, D.c.smtp_reply, D.c.smtp_stage, D.c.updated_at
     ).where(
         D.c.run_id == run_id,
         D.c.status == FAILED,
         D.c.smtp_code.between(500, 599),
+        D.c.smtp_stage.in_((SmtpStage.RCPT, SmtpStage.DATA)),
         ~select(E.c.id).where(E.c.delivery_id == D.c.id, E.c.kind == BOUNCE).exists(),
     )
-    with engine.begin() as conn:
+    with ledger.engine.begin() as conn:
         rows = conn.execute(query).all()
         events = []
         to_suppress: list[dict[str, Any]] = []
-        for i, key, reason, code, reply, at in rows:
+        for i, key, code, reply, stage, at in rows:
             reply = reply or ""
-            at_rcpt = (reason or "").startswith("hard bounce") or "at RCPT" in (reason or "")
             status, _code = bounces.status_and_code(reply)
-            detail = {"type": "hard", "code": code, "stage": "RCPT" if at_rcpt else "DATA",
-                      "source": "smtp", "diagnostic": reply[:500]}  # fmt: skip
+            detail = {"type": "hard", "code": code, "stage": stage, "source": "smtp",
+                      "diagnostic": reply[:500]}  # fmt: skip
             if status:
                 detail["status"] = status
             events.append(
                 {"delivery_id": i, "run_id": run_id, "kind": BOUNCE, "detail": detail,
                  "occurred_at": at or utcnow()}
             )  # fmt: skip
+            at_rcpt = stage == SmtpStage.RCPT
             if suppress and key and at_rcpt and bounces.classify(status, code, reply) == "hard":
                 to_suppress.append(
                     {"address_key": key, "reason": HARD_BOUNCE, "source": "smtp", "delivery_id": i}

@@ -11,10 +11,15 @@ the rows of the batch in flight are ``sending`` (they become ``unknown`` on resu
 ``sent`` is never claimed again. The batch size adapts so a batch takes ~0.25 s: large on a fast
 server, small on a slow one.
 
-Replies: 2xx → sent. 5xx → failed (permanent; reason names the stage, code and text; a 5xx to
-RCPT is recorded as ``hard bounce: <code> <text> (at RCPT)``). 4xx or a dropped connection →
-pending again and retried after an exponential backoff with jitter, up to ``max_attempts``; then
-failed with a reason starting "temporary" (``mailcast retry --failed`` picks those up).
+Replies (the outcome carries the code and the stage as fields, ``smtp_code`` and ``smtp_stage``):
+2xx → sent. 5xx → failed (permanent; reason names the stage, code and text; a 5xx to RCPT is
+recorded as ``hard bounce: <code> <text> (at RCPT)``). 4xx or a dropped connection → pending again
+and retried after an exponential backoff with jitter, up to ``max_attempts``; then failed
+(``mailcast retry --failed`` picks those up, and refusals at MAIL: the sender's problem). A reply
+to the final dot that never comes (a drop or a timeout) → ``unknown``, never retried: the server
+may have the message. An authentication-class reply (530, 535, 5.7.8 …) is an AuthError: it stops
+the run. mailcast's own refusal (no SMTPUTF8 for an internationalized address) → failed, without
+a code or stage.
 
 What the threads of one run share (a :class:`RunControl`, one per run per process):
 
@@ -47,12 +52,13 @@ from mailcast.errors import (
     AuthError,
     ConnectError,
     ConnectionLost,
+    MessageBuildError,
     RunStopped,
     SmtpReplyError,
     TemplateError,
     TlsError,
 )
-from mailcast.ledger.models import FAILED, PENDING, SENT, UNKNOWN
+from mailcast.ledger.models import FAILED, PENDING, SENT, UNKNOWN, SmtpStage
 from mailcast.ledger.store import Claim, Outcome, Store
 from mailcast.transport.base import Reply, Transport
 
@@ -137,7 +143,6 @@ class _Connection:
     deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
     unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
     connect_failures: int = 0  # in a row
-    maybe_delivered: set[int] = field(default_factory=set)  # rows that lost a reply to DATA
 
 
 def run_connection(
@@ -239,7 +244,7 @@ def _wait_for_server(chunk: _Connection, exc: ConnectError) -> None:
             )
         )
         control.check()
-    if "refused the connection: 4" in exc.message:  # "421 busy": a slow-down too
+    if exc.busy:  # a "421 busy" greeting: a slow-down too
         control.throttle(exc.message)
     delay = min(backoff(chunk.connect_failures, control.retry_base), control.retry_time_left())
     log.info("cannot connect (%s); trying again in %.1fs", exc, delay)
@@ -259,9 +264,10 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             control.check()
             try:
                 message_id, data = chunk.compose(claim)
-            except (TemplateError, AttachmentError, ValueError) as exc:
+            except (TemplateError, AttachmentError, MessageBuildError) as exc:
                 # This recipient's message cannot be built (a template fails on its data, the
                 # message is too large, an address unusable in a header): final for the row.
+                # Any other error is a bug: it stops the chunk, the row goes back to pending.
                 kind = "template error" if isinstance(exc, TemplateError) else "cannot build"
                 reason = f"{kind}: {exc}"
                 outcomes.append(Outcome(claim.id, FAILED, reason=reason))
@@ -291,6 +297,7 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
                     smtp_code=reply.code,
                     smtp_reply=short(reply.text),
                     message_id=message_id,
+                    smtp_stage=SmtpStage.DATA,
                 )
             )
             done.add(claim.id)
@@ -362,11 +369,32 @@ def _send_reconnecting(chunk: _Connection, sender: str, address: str, data: byte
 def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: str) -> Outcome:
     """The outcome of a refused message; also tells the run's control about it."""
     control, result = chunk.control, chunk.result
-    code = exc.code or None
     text = short(exc.text)
-    reply = f"{exc.code} {text}" if exc.code else text
+    stage = _stage(exc.stage)
+    if not exc.from_server:
+        # mailcast itself would not send it to this server (e.g. SMTPUTF8 missing): final for
+        # the row, but no reply of the server (no code, no stage), so never a bounce
+        reason = f"not sent: {text}"
+        control.failed(reason, exc.where, chunk.run_id)
+        result.failed += 1
+        result.count("not sent")
+        return Outcome(claim.id, FAILED, reason=reason, message_id=message_id)
     if isinstance(exc, ConnectionLost) and exc.maybe_delivered:
-        chunk.maybe_delivered.add(claim.id)
+        # The whole message went out and the reply to it never came (a drop or a timeout after
+        # the final dot): the server may have kept it, and sending it again could deliver a
+        # second copy. Like a row in flight at a crash: `unknown`, reported, re-sent only on
+        # request (`mailcast resume --resend-unknown`).
+        result.count("may have been delivered")
+        return Outcome(
+            claim.id,
+            UNKNOWN,
+            reason="may have been delivered: the whole message was sent, the server's reply to"
+            f" it never came ({text})",
+            smtp_stage=stage,
+            message_id=message_id,
+        )
+    code = exc.code or None
+    reply = f"{exc.code} {text}" if exc.code else text
     if exc.code in THROTTLE_CODES:  # "slow down": the whole run backs off
         control.throttle(reply)
     final = exc.permanent or claim.attempts >= chunk.max_attempts
@@ -383,12 +411,13 @@ def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: 
             reason=f"temporary: {reply} (attempt {claim.attempts} of {chunk.max_attempts})",
             smtp_code=code,
             smtp_reply=text,
+            smtp_stage=stage,
         )
-    if exc.permanent and exc.stage == "RCPT":
+    if exc.permanent and stage == SmtpStage.RCPT:
         key, reason = "hard bounce", f"hard bounce: {reply} (at RCPT)"
     elif exc.permanent:
-        stage = f" at {exc.stage}" if exc.stage else ""
-        key, reason = f"rejected {exc.code}", f"rejected{stage}: {reply}"
+        at = f" at {exc.stage}" if exc.stage else ""
+        key, reason = f"rejected {exc.code}", f"rejected{at}: {reply}"
     elif claim.attempts >= chunk.max_attempts:
         key = "temporary failure"
         reason = f"temporary failure after {claim.attempts} attempts: {reply}"
@@ -399,17 +428,22 @@ def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: 
             f" ({control.max_retry_seconds:g}s) is used up (attempt {claim.attempts}): {reply}"
         )
     control.failed(reason, exc.where, chunk.run_id)
-    status = FAILED
-    if claim.id in chunk.maybe_delivered:
-        # An attempt sent the whole message and lost the reply: the server may have it.
-        status, key = UNKNOWN, "may have been delivered"
-        reason = (
-            "may have been delivered: the connection was lost after the whole message was sent"
-            f" (no reply to DATA); then {reason}"
-        )
-    else:
-        result.failed += 1
+    result.failed += 1
     result.count(key)
     return Outcome(
-        claim.id, status, reason=reason, smtp_code=code, smtp_reply=text, message_id=message_id
+        claim.id,
+        FAILED,
+        reason=reason,
+        smtp_code=code,
+        smtp_reply=text,
+        message_id=message_id,
+        smtp_stage=stage,
     )
+
+
+def _stage(name: str) -> SmtpStage | None:
+    """The SMTP stage of a refusal as the ledger stores it (None: not a message's command)."""
+    try:
+        return SmtpStage(name)
+    except ValueError:
+        return None

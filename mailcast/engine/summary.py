@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailcast.ledger.models import DeliveryStatus, RunStatus
 from mailcast.ledger.store import Ledger
 
 
@@ -56,7 +57,7 @@ def summarize_run(ledger: Ledger, run_id: str) -> RunSummary:
         reasons=ledger.reasons(run.id),
         transport=run.transport,
         ledger=ledger.where,
-        note=run.note if run.status == "paused" else None,
+        note=run.note if run.status == RunStatus.PAUSED else None,
     )
 
 
@@ -65,7 +66,7 @@ def finish_run(ledger: Ledger, run_id: str) -> RunSummary:
     from mailcast.ledger.models import utcnow
 
     counts = ledger.counts(run_id)
-    still_open = counts["pending"] + counts["sending"]
-    status = "completed" if still_open == 0 else "paused"
+    still_open = counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]
+    status = RunStatus.COMPLETED if still_open == 0 else RunStatus.PAUSED
     ledger.set_run(run_id, status=status, finished_at=utcnow())
     return summarize_run(ledger, run_id)

@@ -5,6 +5,7 @@ in docs/schema.md."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -36,13 +37,48 @@ class Base(DeclarativeBase):
     pass
 
 
-# Delivery statuses. pending → sending → sent | failed | skipped; `unknown` marks rows that were
-# in flight when a run crashed (they may or may not have been delivered).
-PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN = (
-    "pending", "sending", "sent", "failed", "skipped", "unknown",
-)  # fmt: skip
+class DeliveryStatus(StrEnum):
+    """A delivery row's status (stored as these strings). pending → sending → sent | failed |
+    skipped; ``unknown`` marks rows that may or may not have been delivered: in flight when a
+    run crashed, or whose message went out whole but whose reply never came."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+
+class RunStatus(StrEnum):
+    """A run's status (stored as these strings). planning → sending → completed | paused;
+    ``mailcast resume`` turns a paused run back to sending."""
+
+    PLANNING = "planning"
+    SENDING = "sending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+
+
+class SmtpStage(StrEnum):
+    """The SMTP command whose reply a delivery row records (``deliveries.smtp_stage``): DATA for
+    a message accepted, the refused command for a refusal, the command during which the
+    connection was lost. NULL when no server replied about the message (it was never sent, or
+    mailcast itself refused to send it)."""
+
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+
+
+PENDING = DeliveryStatus.PENDING
+SENDING = DeliveryStatus.SENDING
+SENT = DeliveryStatus.SENT
+FAILED = DeliveryStatus.FAILED
+SKIPPED = DeliveryStatus.SKIPPED
+UNKNOWN = DeliveryStatus.UNKNOWN
 FINAL_STATUSES = (SENT, FAILED, SKIPPED)
-STATUSES = (PENDING, SENDING, SENT, FAILED, SKIPPED, UNKNOWN)
+STATUSES = tuple(DeliveryStatus)
 
 # What can happen to a message after it left (the `events` table's `kind`).
 BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL = (
@@ -65,7 +101,7 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="planning")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PLANNING)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=True)
     spec: Mapped[dict[str, Any]] = mapped_column(Json)
     transport: Mapped[str | None] = mapped_column(String(500))
@@ -100,6 +136,7 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     smtp_code: Mapped[int | None] = mapped_column(Integer)
     smtp_reply: Mapped[str | None] = mapped_column(Text)
+    smtp_stage: Mapped[str | None] = mapped_column(String(8))
     message_id: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

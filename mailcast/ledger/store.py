@@ -41,7 +41,10 @@ from mailcast.ledger.models import (
     UNKNOWN,
     Campaign,
     Delivery,
+    DeliveryStatus,
     Run,
+    RunStatus,
+    SmtpStage,
     utcnow,
 )
 from mailcast.ledger.schema import ensure_schema, get_engine
@@ -52,6 +55,21 @@ from mailcast.settings import get_settings
 D = cast(Table, Delivery.__table__)
 R = cast(Table, Run.__table__)
 C = cast(Table, Campaign.__table__)
+
+
+def retryable_failure(t: Any) -> Any:
+    """Failed rows that ``mailcast retry --failed`` sends again, told apart by their recorded
+    reply (``smtp_code``, ``smtp_stage``), not by their reason's text: temporary failures (a
+    final 4xx, or the connection lost during a stage, before any reply) and the sender's own
+    refusals (a 5xx to MAIL: the sender's address, its policy or its authentication, not the
+    recipient). Not: refusals of the recipient or the message, mailcast's own refusals (no code,
+    no stage), messages that could not be built."""
+    temporary = t.c.smtp_code.between(400, 499) | (
+        t.c.smtp_code.is_(None) & t.c.smtp_stage.is_not(None)
+    )
+    sender = (t.c.smtp_stage == SmtpStage.MAIL) & t.c.smtp_code.between(500, 599)
+    return temporary | sender
+
 
 PLAN_BATCH = 5_000
 
@@ -72,11 +90,12 @@ class Outcome:
     """What happened to one claimed row."""
 
     id: int
-    status: str  # sent, failed, or pending (temporary failure, to be retried)
+    status: DeliveryStatus  # sent, failed, unknown, or pending (to be retried, or not attempted)
     reason: str | None = None
-    smtp_code: int | None = None
+    smtp_code: int | None = None  # the server's reply code (None: no reply from the server)
     smtp_reply: str | None = None
     message_id: str | None = None
+    smtp_stage: SmtpStage | None = None  # the command smtp_code answers (or the reply lost at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +188,12 @@ RETURNING d.id, d.row_no, d.address, d.fields, d.attempts
 # outcome commits in pg_stat_activity by that, and by smtp_code).
 _PG_RECORD = (
     "UPDATE deliveries SET status=v.status, reason=v.reason, smtp_code=v.code,"
-    " smtp_reply=v.reply, message_id=coalesce(v.mid, deliveries.message_id),"
-    " updated_at=%(now)s,"
+    " smtp_reply=v.reply, smtp_stage=v.stage,"
+    " message_id=coalesce(v.mid, deliveries.message_id), updated_at=%(now)s,"
     " sent_at=CASE WHEN v.status = %(sent)s THEN %(now)s ELSE deliveries.sent_at END"
     " FROM unnest(%(ids)s::bigint[], %(status)s::text[], %(reason)s::text[], %(code)s::int[],"
-    " %(reply)s::text[], %(mid)s::text[]) AS v(id, status, reason, code, reply, mid)"
+    " %(reply)s::text[], %(stage)s::text[], %(mid)s::text[])"
+    " AS v(id, status, reason, code, reply, stage, mid)"
     " WHERE deliveries.id = v.id"
 )
 
@@ -186,6 +206,7 @@ _RECORD = (
         reason=bindparam("b_reason"),
         smtp_code=bindparam("b_code"),
         smtp_reply=bindparam("b_reply"),
+        smtp_stage=bindparam("b_stage"),
         message_id=func.coalesce(bindparam("b_mid"), D.c.message_id),
         updated_at=bindparam("b_now", type_=DateTime(timezone=True)),
         sent_at=func.coalesce(bindparam("b_sent", type_=DateTime(timezone=True)), D.c.sent_at),
@@ -242,7 +263,7 @@ class Ledger:
         run_id = run_id or str(uuid.uuid4())
         with self.engine.begin() as conn:
             status = conn.execute(select(R.c.status).where(R.c.id == run_id)).scalar()
-            if status == "planning":  # an earlier attempt died before its plan committed
+            if status == RunStatus.PLANNING:  # an earlier attempt died before its plan committed
                 return run_id
             cid = conn.execute(select(C.c.id).where(C.c.name == campaign)).scalar()
             if cid is None:
@@ -253,7 +274,7 @@ class Ledger:
                 insert(R).values(
                     id=run_id,
                     campaign_id=cid,
-                    status="planning",
+                    status=RunStatus.PLANNING,
                     dry_run=dry_run,
                     spec=spec,
                     transport=transport,
@@ -306,7 +327,7 @@ class Ledger:
 
         with self.engine.begin() as conn:
             row = conn.execute(select(R.c.status, R.c.campaign_id).where(R.c.id == run_id)).first()
-            if row is None or row.status != "planning":
+            if row is None or row.status != RunStatus.PLANNING:
                 return False
             if conn.execute(select(exists().where(D.c.run_id == run_id))).scalar():
                 return False
@@ -483,13 +504,14 @@ class Ledger:
                 _PG_RECORD,
                 {
                     "ids": [o.id for o in outcomes],
-                    "status": [o.status for o in outcomes],
+                    "status": [str(o.status) for o in outcomes],
                     "reason": [o.reason for o in outcomes],
                     "code": [o.smtp_code for o in outcomes],
                     "reply": [o.smtp_reply for o in outcomes],
+                    "stage": [o.smtp_stage and str(o.smtp_stage) for o in outcomes],
                     "mid": [o.message_id for o in outcomes],
                     "now": now,
-                    "sent": SENT,
+                    "sent": str(SENT),
                 },
             )
         else:
@@ -500,6 +522,7 @@ class Ledger:
                     "b_reason": o.reason,
                     "b_code": o.smtp_code,
                     "b_reply": o.smtp_reply,
+                    "b_stage": o.smtp_stage,
                     "b_mid": o.message_id,
                     "b_now": now,
                     "b_sent": now if o.status == SENT else None,
@@ -526,11 +549,12 @@ class Ledger:
             )
         return result.rowcount or 0
 
-    def reopen(self, run_id: str, statuses: Sequence[str], *, temporary_only: bool = False) -> int:
-        """Put rows back to pending (``--resend-unknown``, ``retry --failed``)."""
+    def reopen(self, run_id: str, statuses: Sequence[str], *, retryable_only: bool = False) -> int:
+        """Put rows back to pending (``--resend-unknown``, ``retry --failed``). With
+        ``retryable_only``, only the failures worth another try (see ``retryable_failure``)."""
         where = [D.c.run_id == run_id, D.c.status.in_(statuses)]
-        if temporary_only:
-            where.append(D.c.reason.like("temporary%"))
+        if retryable_only:
+            where.append(retryable_failure(D))
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(D).where(*where).values(status=PENDING, updated_at=utcnow())

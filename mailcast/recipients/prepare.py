@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from mailcast.ledger.models import utcnow
+from mailcast.ledger.models import RunStatus, utcnow
 from mailcast.ledger.store import Ledger
 from mailcast.recipients import Recipient, RecipientTable
 from mailcast.spec import CampaignSpec
@@ -58,7 +58,7 @@ def plan_rows(
         with contextlib.suppress(Exception):  # the error that stopped the plan is what matters
             ledger.discard_run(run_id)
         raise
-    ledger.set_run(run_id, status="sending", flow_run_id=flow_run_id, started_at=utcnow())
+    ledger.set_run(run_id, status=RunStatus.SENDING, flow_run_id=flow_run_id, started_at=utcnow())
     return run_id
 
 

@@ -275,6 +275,7 @@ class SmtpTransport:
                 "parallel connections"
                 if busy
                 else None,
+                code=exc.smtp_code,
             ) from None
         except ssl.SSLCertVerificationError as exc:
             raise TlsError(
@@ -353,6 +354,7 @@ class SmtpTransport:
             raise ConnectError(
                 f"the server refused EHLO/HELO: {exc.smtp_code} {_text(exc.smtp_error)}",
                 where=where,
+                code=exc.smtp_code,
             ) from None
         except (AuthError, TlsError):
             raise
@@ -456,11 +458,14 @@ class SmtpTransport:
         options: list[str] = []
         if not (sender.isascii() and recipient.isascii()):
             if not smtp.has_extn("smtputf8"):
+                # mailcast's own refusal (RFC 6531: without SMTPUTF8 the address cannot be
+                # given): final for the row, but not a reply of the server, so not a bounce
                 raise SmtpReplyError(
                     553,
-                    "server does not support SMTPUTF8 for a non-ASCII address",
+                    "the server does not offer SMTPUTF8, needed for a non-ASCII address",
                     where=self.where,
                     stage="MAIL",
+                    from_server=False,
                 )
             options.append("SMTPUTF8")
             if smtp.has_extn("8bitmime"):
@@ -523,6 +528,7 @@ class SmtpTransport:
             raise ConnectionLost(
                 f"connection lost during {stage}: {detail}",
                 where=self.where,
+                stage=stage,
                 maybe_delivered=transmitted,  # the reply to the final "." never came
             ) from None
         self._sent_on_connection += 1
@@ -531,8 +537,22 @@ class SmtpTransport:
     def _refused(
         self, smtp: smtplib.SMTP, code: int, resp: bytes | str, stage: str, *, rset: bool = True
     ) -> None:
-        """Raise the SmtpReplyError for a refusal, leaving the connection usable or closed."""
-        error = SmtpReplyError(code, _text(resp), where=self.where, stage=stage)
+        """Raise the SmtpReplyError for a refusal, leaving the connection usable or closed; an
+        authentication-class reply raises AuthError (the sender's problem: it stops the run)."""
+        text = _text(resp)
+        if is_auth_reply(code, text):
+            self._drop()
+            raise AuthError(
+                f"the server refused to send without valid authentication: {code} {text}"
+                f" (at {stage})",
+                where=self.where,
+                hint=_AUTH_NEEDED_HINT
+                if not self.config.username
+                else "check the username and the password (MAILCAST_SMTP_PASSWORD or the SMTP"
+                " block), and that this account may send as the sender; then `mailcast resume"
+                " RUN_ID` (no recipient was marked failed)",
+            )
+        error = SmtpReplyError(code, text, where=self.where, stage=stage)
         self._sent_on_connection += 1  # the connection was alive for this transaction
         if code == 421:  # the server is closing the connection
             self._drop()
@@ -550,6 +570,36 @@ class SmtpTransport:
 # quotes, brackets, parentheses or separators. smtplib parses every address with
 # email.utils.parseaddr (~15 % of a sending thread's CPU); these skip it.
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\Z")
+
+
+# Authentication-class replies (RFC 4954 section 6, RFC 5248's enhanced codes): the server wants
+# (other) credentials before it takes any message from this client; at any stage they are about
+# the sender, never about a recipient. 530 5.7.0 authentication required, 534 5.7.9 mechanism too
+# weak, 535 5.7.8 credentials invalid, 538 5.7.11 encryption required for the mechanism, 525
+# 5.7.13 account disabled; 5.7.12 password transition needed, 5.7.14 trust relationship required.
+AUTH_REPLY_CODES = frozenset({525, 530, 534, 535, 538})
+AUTH_STATUS_CODES = frozenset({"5.7.8", "5.7.9", "5.7.11", "5.7.12", "5.7.13", "5.7.14"})
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+# 5.7.0 is "other security status": an authentication failure only when the reply says so.
+_AUTH_WORDS = re.compile(r"authenticat|\bauth\b|log ?in", re.I)
+_AUTH_NEEDED_HINT = (
+    "the server requires a login: give the username in the SMTP URL (smtp://USER@HOST:PORT) or"
+    " block and the password in MAILCAST_SMTP_PASSWORD; then `mailcast resume RUN_ID` (no"
+    " recipient was marked failed)"
+)
+
+
+def is_auth_reply(code: int, text: str) -> bool:
+    """Is this reply an authentication failure (the sender's, whatever the stage)?"""
+    if code in AUTH_REPLY_CODES:
+        return True
+    if not 400 <= code < 600:
+        return False
+    m = _ENHANCED.match(text)
+    if m is None:
+        return False
+    status = "5" + m.group(1)[1:]  # 4.7.12 (temporary) is the same condition as 5.7.12
+    return status in AUTH_STATUS_CODES or (status == "5.7.0" and bool(_AUTH_WORDS.search(text)))
 
 
 _STAGES = ("MAIL", "RCPT", "DATA")
