@@ -7,6 +7,7 @@ is seen twice. Also: soft bounces N in a row, SMTP-time rejections, the parser o
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -688,6 +689,168 @@ def test_the_process_bounces_flow(
     assert again.read == 0
     n = rows(db_url, "SELECT COUNT(*) AS n FROM events WHERE run_id = :r", r=s.run_id)
     assert n == [{"n": 6}]
+
+
+# -- RFC 6533: reports about messages sent with SMTPUTF8 -----------------------------------------
+
+
+def postfix_smtputf8_dsn(
+    s: Sent, a: str, *, original: str = "full", status_encoding: str = "8bit"
+) -> bytes:
+    """A Postfix bounce of an SMTPUTF8 message: multipart/report; report-type=delivery-status
+    with a message/global-delivery-status part and the original as message/global (``full``),
+    its headers as message/global-headers (``headers``), or nothing (``none``). Sent to the
+    campaign's plain sender (no VERP): only the returned Message-ID or the address tell which
+    delivery it is about."""
+    boundary = "4Yz0Qm5Kx2z1vN.1732441331/mail.example.net"
+    status = f"""Reporting-MTA: dns; mail.example.net
+X-Postfix-Queue-ID: 4Yz0Qm5Kx2z1vN
+X-Postfix-Sender: rfc822; sender@{DOMAIN}
+Arrival-Date: Tue, 24 Nov 2026 09:42:10 +0000 (UTC)
+
+Final-Recipient: utf-8; {a}
+Original-Recipient: utf-8;{a}
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.example.net
+Diagnostic-Code: smtp; 550 5.1.1 <{a}>: Recipient address rejected: User unknown in
+    virtual mailbox table
+"""
+    if status_encoding == "base64":
+        body = base64.encodebytes(status.replace("\n", "\r\n").encode()).decode()
+    else:
+        body = status
+    head = f"""Return-Path: <sender@{DOMAIN}>
+From: Test Sender <sender@{DOMAIN}>
+To: {a}
+Subject: Grüße, {a.split("@")[0]}
+Message-ID: {s.mids[a]}
+MIME-Version: 1.0
+Content-Type: text/plain; charset="utf-8"
+Content-Transfer-Encoding: 8bit
+"""
+    returned = {
+        "full": "Content-Description: Undelivered Message\nContent-Type: message/global\n"
+        f"Content-Transfer-Encoding: 8bit\n\n{head}\nHallo {a}!\n",
+        "headers": "Content-Description: Undelivered Message Headers\n"
+        f"Content-Type: message/global-headers\nContent-Transfer-Encoding: 8bit\n\n{head}",
+        "none": None,
+    }[original]
+    text = f"""Return-Path: <>
+Delivered-To: sender@{DOMAIN}
+Received: by mail.example.net (Postfix) id 4Yz0Qm5Kx2z1vN; Tue, 24 Nov 2026 09:42:11 +0000 (UTC)
+Date: Tue, 24 Nov 2026 09:42:11 +0000 (UTC)
+From: MAILER-DAEMON@mail.example.net (Mail Delivery System)
+Subject: Undelivered Mail Returned to Sender
+To: sender@{DOMAIN}
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status;
+\tboundary="{boundary}"
+Content-Transfer-Encoding: 8bit
+Message-Id: <20261124094211.4Yz0Qm5Kx2z1vN.{uuid.uuid4().hex[:8]}@mail.example.net>
+
+This is a MIME-encapsulated message.
+
+--{boundary}
+Content-Description: Notification
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+This is the mail system at host mail.example.net.
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients. It's attached below.
+
+                   The mail system
+
+<{a}>: host mx.example.net[198.51.100.9] said: 550
+    5.1.1 <{a}>: Recipient address rejected: User unknown in virtual mailbox
+    table (in reply to RCPT TO command)
+
+--{boundary}
+Content-Description: Delivery report
+Content-Type: message/global-delivery-status
+Content-Transfer-Encoding: {status_encoding}
+
+{body}
+"""
+    if returned is not None:
+        text += f"--{boundary}\n{returned}\n"
+    text += f"--{boundary}--\n"
+    return text.encode("utf-8")
+
+
+UTF8_ADDRESSES = {
+    "full": "jörg.müller@exämple.example",
+    "headers": "zoë@bücher.example",
+    "none": "łukasz@przykład.example",
+    "base64": "андрей@пример.example",
+}
+
+
+@pytest.mark.parametrize(
+    ("original", "encoding", "matched_by"),
+    [
+        ("full", "8bit", "message-id"),  # the original as message/global
+        ("headers", "8bit", "message-id"),  # its headers as message/global-headers
+        ("none", "8bit", "address"),  # nothing returned: the failed recipient's address
+        ("base64", "base64", "message-id"),  # the status part base64-encoded
+    ],
+)
+def test_rfc6533_bounces_of_smtputf8_messages(
+    tmp_path: Path, db_url: str, original: str, encoding: str, matched_by: str
+) -> None:
+    """Issue 11: Postfix reports a failure of an SMTPUTF8 message with the RFC 6533 types; they
+    are read like their ASCII counterparts: a hard bounce on the right delivery, suppressed."""
+    tag = uuid.uuid4().hex[:6]
+    address = UTF8_ADDRESSES[original].replace("@", f"{tag}@")
+    others = [f"other{i}-{tag}@example.com" for i in range(2)]
+    s = Sent(db_url, addresses=[others[0], address, others[1]])
+    data = postfix_smtputf8_dsn(
+        s, address, original="full" if original == "base64" else original,
+        status_encoding=encoding,
+    )  # fmt: skip
+
+    report = bounces.parse(data)  # no secret: no VERP to go by
+    assert (report.outcome, report.status, report.code) == ("hard", "5.1.1", 550)
+    assert report.recipients[:1] == [address]
+    expected_ids = [] if original == "none" else [(s.run_id, s.ids[address])]
+    assert report.mailcast_ids == expected_ids
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / f"1732441331.M1P4242.mx1.{tag}").write_bytes(data)
+    summary = process_mailbox(MaildirInbox(maildir), db_url, secret=SECRET)
+    assert (summary.read, summary.recorded, summary.ignored, summary.suppressed) == (1, 1, 0, 1)
+    assert dict(summary.outcomes) == {"hard": 1}
+
+    (event,) = rows(
+        db_url, "SELECT delivery_id, kind, detail FROM events WHERE run_id = :r", r=s.run_id
+    )
+    detail = event["detail"] if isinstance(event["detail"], dict) else json.loads(event["detail"])
+    assert event["delivery_id"] == s.ids[address] and event["kind"] == "bounce"
+    assert (detail["type"], detail["status"], detail["matched_by"]) == ("hard", "5.1.1", matched_by)
+    assert detail["recipient"] == address
+    found = rows(
+        db_url, "SELECT reason, source, delivery_id FROM suppressions WHERE address_key = :a",
+        a=address.lower(),
+    )  # fmt: skip
+    assert found == [{"reason": "hard_bounce", "source": "dsn", "delivery_id": s.ids[address]}]
+
+
+def test_rfc6533_xtext_address_in_an_ascii_report() -> None:
+    """A UTF-8 address in a plain message/delivery-status part comes as RFC 6533 xtext."""
+    data = (
+        b"From: MAILER-DAEMON@mail.example.net\nTo: sender@mailcast.example\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        b"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mail.example.net\n\n"
+        b"Final-Recipient: utf-8; j\\x{F6}rg@ex\\x{E4}mple.example\nAction: failed\n"
+        b"Status: 5.1.1\n\n--b--\n"
+    )
+    report = bounces.parse(data)
+    assert (report.outcome, report.recipients) == ("hard", ["jörg@exämple.example"])
 
 
 def test_an_unsubscribe_request_by_mail_unsubscribes(tmp_path: Path, db_url: str) -> None:

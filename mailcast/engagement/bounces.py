@@ -6,6 +6,11 @@ Handles:
   Postfix, Exim, Gmail, Exchange/Office 365 and most MTAs. Per-recipient ``Action``, ``Status``
   (``5.1.1``), ``Diagnostic-Code`` (``smtp; 550 5.1.1 …``), ``Final-Recipient``. ``Action:
   delayed`` is a deferral, not a bounce; ``delivered``/``relayed``/``expanded`` are ignored.
+  Their RFC 6533 forms, for messages sent with SMTPUTF8, read the same way:
+  ``message/global-delivery-status`` (UTF-8 fields; ``utf-8;`` addresses), the original as
+  ``message/global`` or its headers as ``message/global-headers``. Python's parser reads each of
+  these as *one* embedded message (the per-recipient blocks end up in its body, a transfer
+  encoding is not undone): they are read from their decoded text here.
 * RFC 5965 ARF complaint reports (``multipart/report; report-type=feedback-report``): a
   complaint, whatever the ``Feedback-Type``.
 * Older plain-text bounces (qmail, old Exchange ``#550 5.1.1 …##``, Sendmail without DSN): read
@@ -26,9 +31,12 @@ permanent codes that are not about the address (5.2.2 mailbox full, 5.2.3/5.3.4 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.message
 import hashlib
+import quopri
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +65,13 @@ _BOUNCE_SUBJECT = re.compile(
     r"|delivery failure|could not be delivered|non[- ]?delivery|delivery has failed",
     re.I,
 )
-_ADDRESS = re.compile(r"<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
+# ASCII addresses, and internationalized ones (RFC 6531: UTF-8 letters in both parts)
+_ADDRESS = re.compile(r"<?([\w.!#$%&'*+/=?^`{|}~-]+@[\w.-]+\.[^\W\d_]{2,})>?")
+_XTEXT_CHAR = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")  # RFC 6533 utf-8-addr-xtext: \x{E9}
+# RFC 6533's message types and their ASCII counterparts
+_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+_ORIGINAL_TYPES = ("message/rfc822", "message/global")
+_HEADERS_TYPES = ("text/rfc822-headers", "text/rfc822", "message/global-headers")
 _SOFT_WORDS = re.compile(
     r"mailbox (is )?full|over ?quota|quota exceeded|insufficient (system )?storage|"
     r"mailbox.{0,20}full|try again later|temporar",
@@ -129,8 +143,49 @@ def _text(part: Message) -> str:
     return raw if isinstance(raw, str) else ""
 
 
+def _raw_text(part: Message) -> str:
+    """The body of a ``message/*`` part as text, as it was sent: Python's parser reads the RFC
+    6533 types (``message/global*``) as one embedded message and leaves any transfer encoding
+    in place; this serializes that back and decodes it (UTF-8)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        raw = b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+    elif isinstance(payload, str):
+        raw = payload.encode("utf-8", "surrogateescape")
+    else:
+        return ""
+    cte = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    try:
+        if cte == "base64":
+            raw = base64.b64decode(b"".join(raw.split()))
+        elif cte == "quoted-printable":
+            raw = quopri.decodestring(raw)
+    except (ValueError, binascii.Error):
+        pass
+    return raw.decode("utf-8", "replace")
+
+
+def _embedded(part: Message) -> Message | None:
+    """The message inside a message/rfc822 or message/global part (or the headers inside a
+    message/global-headers part)."""
+    payload = part.get_payload()
+    cte = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    if cte in ("base64", "quoted-printable"):  # allowed for message/global (RFC 6532 3.5)
+        return email.message_from_string(_raw_text(part))
+    if isinstance(payload, list):
+        return next((p for p in payload if isinstance(p, Message)), None)
+    return None
+
+
 def _field_blocks(part: Message) -> list[Message]:
-    """The header blocks of a message/delivery-status or message/feedback-report part."""
+    """The header blocks of a message/delivery-status, message/global-delivery-status or
+    message/feedback-report part."""
+    if part.get_content_type() == "message/global-delivery-status":
+        text = _raw_text(part)
+        parser = HeaderParser()
+        return [
+            parser.parsestr(b.strip() + "\n") for b in re.split(r"\r?\n\s*\r?\n", text) if b.strip()
+        ]
     payload = part.get_payload()
     if isinstance(payload, list):
         blocks = [p for p in payload if isinstance(p, Message)]
@@ -144,24 +199,31 @@ def _field_blocks(part: Message) -> list[Message]:
 
 
 def _original_headers(msg: Message) -> list[Message]:
-    """The returned original message's headers (message/rfc822 or text/rfc822-headers parts)."""
+    """The returned original message's headers (message/rfc822 or text/rfc822-headers parts,
+    and RFC 6533's message/global and message/global-headers)."""
     found: list[Message] = []
     for part in msg.walk():
         ctype = part.get_content_type()
-        if ctype == "message/rfc822":
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                found += [p for p in payload if isinstance(p, Message)]
-        elif ctype in ("text/rfc822-headers", "text/rfc822"):
+        if ctype in _ORIGINAL_TYPES or ctype == "message/global-headers":
+            inner = _embedded(part)
+            if inner is not None:
+                found.append(inner)
+        elif ctype in _HEADERS_TYPES:
             found.append(HeaderParser().parsestr(_text(part)))
     return found
 
 
 def _strip_type(value: str) -> str:
-    """``rfc822; a@b`` → ``a@b``; ``smtp; 550 …`` → ``550 …``."""
+    """``rfc822; a@b`` → ``a@b``; ``smtp; 550 …`` → ``550 …``; ``utf-8; j\\x{F6}rg@b`` →
+    ``jörg@b`` (RFC 6533's xtext form of a UTF-8 address)."""
     value = " ".join(str(value).split())
     kind, sep, rest = value.partition(";")
-    return rest.strip() if sep and " " not in kind.strip() else value
+    if not (sep and " " not in kind.strip()):
+        return value
+    rest = rest.strip()
+    if kind.strip().lower() == "utf-8":
+        rest = _XTEXT_CHAR.sub(lambda m: chr(int(m.group(1), 16)), rest)
+    return rest
 
 
 def _addresses(text: str) -> list[str]:
@@ -303,7 +365,7 @@ def parse(data: bytes, secret: bytes | None = None) -> Report:
 def _dsn(msg: Message, report: Report) -> Report:
     blocks: list[Message] = []
     for part in msg.walk():
-        if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
+        if part.get_content_type() in _STATUS_TYPES:
             blocks = _field_blocks(part)
             break
     if not blocks:
