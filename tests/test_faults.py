@@ -772,6 +772,41 @@ def test_cli_send_pauses_with_the_reason_and_resume_finishes(
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_cli_send_stops_on_authentication_required_and_resume_finishes(tmp_path: Path) -> None:
+    """Issue 11: `530 5.7.0` at MAIL through the CLI and the flow: one line and a hint, the run
+    paused with the reason, no recipient failed; resume (once the login is fixed) sends all."""
+    from mailcast.cli import app
+
+    db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    spec = write_campaign(
+        tmp_path, people(30), attachments=False,
+        spec_extra={**FAST, "chunk_size": 10, "connections": 2},
+    )  # fmt: skip
+    with FaultyServer(Rule("MAIL", reply="530 5.7.0 Authentication required")) as server:
+        result = runner.invoke(app, ["send", str(spec), "--send", "--smtp", server.url, "--db", db])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output, result.output
+        error, hint = result.stderr.strip().splitlines()[-2:]
+        assert error == (
+            f"error: 127.0.0.1:{server.port}: the server refused to send without valid"
+            " authentication: 530 5.7.0 Authentication required (at MAIL)"
+        ), result.stderr
+        assert hint.startswith("hint: the server requires a login") and "resume" in hint
+        ledger = Ledger(db)
+        run_id = ledger.runs()[0].id
+        assert ledger.run(run_id).status == "paused"
+        assert "530 5.7.0 Authentication required" in (ledger.run(run_id).note or "")
+        counts = ledger.counts(run_id)
+        assert (counts["failed"], counts["pending"], counts["sent"]) == (0, 30, 0)
+
+        server.rules.clear()  # the login is fixed
+        again = runner.invoke(app, ["resume", run_id, "--smtp", server.url, "--db", db])
+        assert again.exit_code == 0, again.output
+    assert ledger.run(run_id).status == "completed"
+    assert ledger.counts(run_id)["sent"] == 30 == len(server.messages)
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_flow_stops_on_tls_failure_before_planning(tmp_path: Path) -> None:
     from mailcast.flows.campaign import send_campaign
 
