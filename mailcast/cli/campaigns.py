@@ -171,7 +171,10 @@ def _continue(
 def resume(
     run_id: Annotated[str, typer.Argument(help="The run (or a unique prefix of its id)")],
     resend_unknown: Annotated[
-        bool, typer.Option(help="Also re-send rows whose fate a crash left unknown")
+        bool,
+        typer.Option(
+            help="Also re-send rows whose fate is unknown (in flight at a crash, or the reply to the message never came)"
+        ),
     ] = False,
     smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
     smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
@@ -186,13 +189,18 @@ def resume(
 def retry(
     run_id: Annotated[str, typer.Argument(help="The run")],
     failed: Annotated[
-        bool, typer.Option("--failed", help="Re-send rows that failed with a temporary error")
+        bool,
+        typer.Option(
+            "--failed",
+            help="Re-send rows that failed with a temporary error or were refused at MAIL (the sender's problem)",
+        ),
     ] = True,
     smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
     smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
     db: DbOpt = None,
 ) -> None:
-    """Re-send to the rows of a run that failed with a temporary (4xx) error."""
+    """Re-send to the rows of a run that failed with a temporary error (4xx, a lost connection) or
+    whose sender was refused (a 5xx at MAIL); refusals of the recipient stay failed."""
     _continue(run_id, db, smtp, smtp_block, retry_failed=failed)
 
 
@@ -200,6 +208,8 @@ def retry(
 @guarded
 def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many runs")] = 20) -> None:
     """List runs, newest first."""
+    from mailcast.ledger.models import DeliveryStatus
+
     settings = settings_for(db)
     ledger = open_ledger(settings)
     # The id is what report/resume/retry need: never cut it, whatever the width.
@@ -209,7 +219,7 @@ def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many run
         c = ledger.counts(r.id)
         grid.add_row(
             r.id, r.campaign, r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
-            str(c["sent"]), str(c["failed"]), r.created_at.strftime("%Y-%m-%d %H:%M"),
+            str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]), r.created_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
     # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.
     wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)

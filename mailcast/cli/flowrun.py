@@ -26,6 +26,8 @@ def progress(ledger: Any, run_id: str) -> Iterator[None]:
     """A progress bar fed by the ledger's counts while the flow runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from mailcast.ledger.models import FINAL_STATUSES, UNKNOWN
+
     stop = threading.Event()
     bar = Progress(
         TextColumn("{task.description}"),
@@ -46,7 +48,7 @@ def progress(ledger: Any, run_id: str) -> Iterator[None]:
             total = sum(counts.values())
             if not total:
                 continue
-            done = counts["sent"] + counts["failed"] + counts["skipped"] + counts["unknown"]
+            done = sum(counts[s] for s in (*FINAL_STATUSES, UNKNOWN))
             detail = f"sent {counts['sent']} failed {counts['failed']} skipped {counts['skipped']}"
             bar.update(task, description="sending", total=total, completed=done, detail=detail)
 
