@@ -24,6 +24,7 @@ from mailcast.engagement.processing import process_mailbox, record_smtp_bounces
 from mailcast.ledger.models import FAILED, SENT, SmtpStage
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
+from tests.ledger_rows import claim_pending
 
 SECRET = b"bounce-test-secret-0123456789"
 DOMAIN = "mailcast.example"
@@ -58,7 +59,7 @@ class Sent:
             self.run_id,
             [Recipient(i + 2, a, {"email": a}, None, a.lower()) for i, a in enumerate(addresses)],
         )
-        claims = self.ledger.claim(self.run_id, 0, 2**62, 1000)
+        claims = claim_pending(self.ledger, self.run_id, 1000)
         self.ids = {c.address: c.id for c in claims}
         self.mids = {a: f"<{self.run_id}.{i}@{DOMAIN}>" for a, i in self.ids.items()}
         self.ledger.record(
@@ -611,7 +612,7 @@ def _smtp_run(db_url: str, spec: dict[str, Any] | None = None) -> tuple[str, dic
     addresses = [f"{n}-{tag}@example.com" for n in names]
     ledger.plan(run_id, [Recipient(i + 2, a, {}, None, a) for i, a in enumerate(addresses)])
     by_name = dict(zip(names, addresses, strict=True))
-    claims = {c.address: c.id for c in ledger.claim(run_id, 0, 2**62, 100)}
+    claims = {c.address: c.id for c in claim_pending(ledger, run_id, 100)}
     ids = {n: claims[a] for n, a in by_name.items()}
     ledger.record(
         [

@@ -27,12 +27,13 @@ from mailcast.engine.loop import ChunkResult
 from mailcast.engine.summary import finish_run, summarize_run
 from mailcast.errors import AuthError, RunStopped, TlsError
 from mailcast.ledger.store import Ledger
-from mailcast.recipients.prepare import plan_run
+from mailcast.recipients.prepare import plan_rows
 from mailcast.recipients.sources import read_recipients
 from mailcast.recipients.validate import validate_recipients
 from mailcast.spec import CampaignSpec, load_spec
 from mailcast.transport.factory import Target
 from tests.campaigns import people, write_campaign
+from tests.ledger_rows import chunk_ranges
 from tests.smtp_faults import Event, FaultyServer, Rule
 
 FAST = {"retry_base_seconds": 0.01, "max_attempts": 3}
@@ -63,7 +64,7 @@ class Run:
         """Send every pending row, in ``chunks`` threads sharing one RunControl."""
         control = control or RunControl.for_spec(self.spec)
         size = -(-len(self.addresses) // chunks)
-        ranges = self.ledger.id_ranges(self.run_id, size)
+        ranges = chunk_ranges(self.ledger, self.run_id, size)
         target = self.target(**options)
         total = ChunkResult()
         with ThreadPoolExecutor(len(ranges) or 1) as pool:
@@ -132,7 +133,7 @@ def plan(
         read_recipients(spec.recipients, spec.base_dir), suppressed=suppressed or {}
     )
     assert expect_skipped or not table.rejected, [r.reason for r in table.rejected]
-    run_id = plan_run(ledger, spec, table, Target(smtp_url=url))
+    run_id = plan_rows(ledger, spec, table.rows, table.columns, Target(smtp_url=url))
     return Run(spec, db, run_id, url, [str(r["email"]) for r in rows])
 
 
@@ -703,7 +704,7 @@ def test_unexpected_error_mid_send_leaves_the_row_unknown(tmp_path: Path) -> Non
         def compose(claim: Claim) -> tuple[str, bytes]:
             return f"<{claim.id}@x>", b"Subject: hi\r\n\r\nhello\r\n"
 
-        lo, hi = run.ledger.id_ranges(run.run_id, 100)[0]
+        lo, hi = chunk_ranges(run.ledger, run.run_id, 100)[0]
         with pytest.raises(RuntimeError):
             run_connection(
                 run.ledger, Exploding(SmtpConfig.from_url(server.url)), compose,

@@ -12,6 +12,7 @@ from mailcast.ledger.models import Base
 from mailcast.ledger.schema import get_engine, upgrade
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
+from tests.ledger_rows import chunk_ranges, claim_pending
 
 
 def _recipients(n: int, bad_every: int = 0) -> list[Recipient]:
@@ -62,45 +63,55 @@ def test_duplicates_can_be_recorded_as_skipped(db_url: str) -> None:
 def test_claim_marks_sending_and_is_never_repeated(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 50)
-    ((lo, hi),) = ledger.id_ranges(run_id, 1000)
-    first = ledger.claim(run_id, lo, hi, 20)
-    second = ledger.claim(run_id, lo, hi, 100)
+    ((lo, hi),) = chunk_ranges(ledger, run_id, 1000)
+    first = claim_pending(ledger, run_id, 20, lo, hi)
+    second = claim_pending(ledger, run_id, 100, lo, hi)
     assert len(first) == 20 and len(second) == 30
     assert not {c.id for c in first} & {c.id for c in second}
     assert all(c.attempts == 1 for c in first)
     assert ledger.counts(run_id)["sending"] == 50
     ledger.record([Outcome(c.id, "sent", smtp_code=250, smtp_reply="ok") for c in first])
-    assert ledger.claim(run_id, lo, hi, 100) == []
+    assert claim_pending(ledger, run_id, 100, lo, hi) == []
+    assert ledger.claim_ids(run_id, [c.id for c in first + second]) == []  # none taken twice
     # a crash leaves `second` in flight: resume marks them unknown, never sent again
     assert ledger.mark_unknown(run_id) == 30
     counts = ledger.counts(run_id)
     assert counts["sent"] == 20 and counts["unknown"] == 30
-    assert ledger.claim(run_id, lo, hi, 100) == []
+    assert claim_pending(ledger, run_id, 100, lo, hi) == []
+    assert ledger.claim_ids(run_id, [c.id for c in second]) == []
     assert ledger.reopen(run_id, ["unknown"]) == 30
-    assert len(ledger.claim(run_id, lo, hi, 100)) == 30
+    assert len(claim_pending(ledger, run_id, 100, lo, hi)) == 30
 
 
-def test_claim_excludes_rows_waiting_for_retry(db_url: str) -> None:
+def test_claim_ids_takes_only_the_ids_asked_for(db_url: str) -> None:
+    """A row waiting for its retry is pending again, but the engine leaves its id out until it
+    is due (ChunkWork): claim_ids takes the ids it is given and no other."""
     ledger = Ledger(db_url)
     run_id = _run(ledger, 10)
-    ((lo, hi),) = ledger.id_ranges(run_id, 1000)
-    claims = ledger.claim(run_id, lo, hi, 10)
+    ((lo, hi),) = chunk_ranges(ledger, run_id, 1000)
+    claims = claim_pending(ledger, run_id, 10, lo, hi)
     ledger.record([Outcome(claims[0].id, "pending", reason="temporary: 451 later")])
     ledger.record([Outcome(c.id, "pending") for c in claims[1:]])
-    again = ledger.claim(run_id, lo, hi, 10, exclude=[claims[0].id])
-    assert claims[0].id not in {c.id for c in again}
+    waiting = claims[0].id
+    again = ledger.claim_ids(
+        run_id, [i for i in ledger.pending_ids(run_id, lo, hi) if i != waiting]
+    )
+    assert waiting not in {c.id for c in again}
     assert len(again) == 9
+    assert ledger.counts(run_id)["pending"] == 1 and ledger.pending_ids(run_id, lo, hi) == [waiting]
 
 
 def test_concurrent_claims_take_each_row_once(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 600)
-    ((lo, hi),) = ledger.id_ranges(run_id, 10_000)
+    ((lo, hi),) = chunk_ranges(ledger, run_id, 10_000)
     taken: list[int] = []
     lock = threading.Lock()
 
-    def worker() -> None:
-        while claims := ledger.claim(run_id, lo, hi, 7):
+    def worker() -> None:  # the ids read, then claimed: others may have taken some meanwhile
+        while ids := ledger.pending_ids(run_id, lo, hi)[:7]:
+            claims = ledger.claim_ids(run_id, ids)
+            assert {c.id for c in claims} <= set(ids)
             with lock:
                 taken.extend(c.id for c in claims)
 
@@ -112,12 +123,13 @@ def test_concurrent_claims_take_each_row_once(db_url: str) -> None:
     assert len(taken) == 600 == len(set(taken))
 
 
-def test_id_ranges_cover_open_rows_only(db_url: str) -> None:
+def test_chunks_cover_open_rows_only(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 25, bad_every=5)  # 5 skipped
-    ranges = ledger.id_ranges(run_id, 6)
+    assert len(ledger.all_pending_ids(run_id)) == 20
+    ranges = chunk_ranges(ledger, run_id, 6)
     assert len(ranges) == 4  # 20 pending rows in chunks of 6
-    total = sum(len(ledger.claim(run_id, lo, hi, 100)) for lo, hi in ranges)
+    total = sum(len(claim_pending(ledger, run_id, 100, lo, hi)) for lo, hi in ranges)
     assert total == 20
 
 

@@ -26,6 +26,7 @@ from mailcast.engagement.report_page import CLICK_COLOR, OPEN_COLOR, load_report
 from mailcast.ledger.models import Delivery, Event
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
+from tests.ledger_rows import claim_pending
 
 CHROMIUM = os.environ.get("MAILCAST_TEST_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -43,7 +44,7 @@ def populated_run(url: str) -> str:
         run_id,
         [Recipient(i + 2, f"r{i}@example.com", {}, None, f"r{i}@example.com") for i in range(20)],
     )
-    claims = ledger.claim(run_id, 0, 2**62, 100)
+    claims = claim_pending(ledger, run_id, 100)
     ledger.record(
         [Outcome(c.id, "sent", smtp_code=250) for c in claims[:18]]
         + [

@@ -24,6 +24,7 @@ from mailcast.ledger.schema import get_engine, head_revision, upgrade
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
 from tests.conftest import PG_ADMIN_URL, _pg_unavailable
+from tests.ledger_rows import chunk_ranges, claim_pending
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "schema.md"
@@ -74,7 +75,7 @@ def _send(
 ) -> dict[str, int]:
     """Claim every pending row and record ``address -> (status, reason, smtp_code)``; returns
     ``address -> delivery id``."""
-    claims = ledger.claim(run_id, 0, 2**62, 1000)
+    claims = claim_pending(ledger, run_id, 1000)
     ids = {c.address: c.id for c in claims}
     ledger.record(
         [
@@ -232,17 +233,17 @@ def test_campaign_summary_counts_and_rates_exactly(db_url: str) -> None:
     rows[1] = _recipient(3, "dup@example.com", "duplicate of row 4")
     rows += [_recipient(i, f"r{i}@example.com") for i in range(4, 16)]  # 12 valid
     ledger.plan(run_id, rows)
-    ((lo, hi),) = ledger.id_ranges(run_id, 1000)
-    ledger.claim(run_id, lo, hi, 2)
+    ((lo, hi),) = chunk_ranges(ledger, run_id, 1000)
+    claim_pending(ledger, run_id, 2, lo, hi)
     assert ledger.mark_unknown(run_id) == 2  # 2 unknown
-    claims = ledger.claim(run_id, lo, hi, 8)
+    claims = claim_pending(ledger, run_id, 8, lo, hi)
     sent = claims[:6]
     ledger.record(
         [Outcome(c.id, "sent", smtp_code=250) for c in sent]
         + [Outcome(claims[6].id, "failed", reason="rejected at RCPT: 550 no", smtp_code=550)]
         + [Outcome(claims[7].id, "pending", reason="temporary: 451 later (attempt 1 of 3)")]
     )
-    ledger.claim(run_id, lo, hi, 1)  # left `sending`
+    claim_pending(ledger, run_id, 1, lo, hi)  # left `sending`
     s0, s1, s2, s3, s4, s5 = (c.id for c in sent)
     _events(
         ledger.engine, run_id,

@@ -19,10 +19,11 @@ from mailcast.engine.chunking import TAIL_ROWS_PER_CONNECTION, Chunker
 from mailcast.engine.control import RunControl
 from mailcast.engine.loop import ChunkWork
 from mailcast.ledger.store import Ledger
-from mailcast.recipients.prepare import plan_run
+from mailcast.recipients.prepare import plan_rows
 from mailcast.spec import load_spec
 from mailcast.transport.factory import Target
 from tests.campaigns import people, write_campaign
+from tests.ledger_rows import chunk_ranges
 
 FAST = {"retry_base_seconds": 0.05, "max_retry_seconds": 30}
 
@@ -37,7 +38,8 @@ def _planned(folder: Path, db: str, n: int, **spec_extra: Any) -> tuple[Any, str
     )
     table = dedupe_recipients(validate_recipients(read_recipients(spec.recipients, spec.base_dir)))
     ledger = Ledger(db)
-    run_id = plan_run(ledger, spec, table, Target(smtp_url="smtp://127.0.0.1:1?security=none"))
+    target = Target(smtp_url="smtp://127.0.0.1:1?security=none")
+    run_id = plan_rows(ledger, spec, table.rows, table.columns, target)
     return spec, run_id, ledger
 
 
@@ -47,7 +49,7 @@ def _planned(folder: Path, db: str, n: int, **spec_extra: Any) -> tuple[Any, str
 def test_a_chunk_over_four_connections_sends_each_row_once(tmp_path: Path, db_url: str) -> None:
     spec, run_id, ledger = _planned(tmp_path, db_url, 300)
     with CaptureServer() as server:
-        (bounds,) = ledger.id_ranges(run_id, 1000)
+        (bounds,) = chunk_ranges(ledger, run_id, 1000)
         target = Target(smtp_url=server.url)
         result = send_chunk(spec, run_id, bounds, db_url, target, threads=4)
         copies = Counter(m.rcpt_tos[0] for m in server.messages)
@@ -61,7 +63,7 @@ def test_a_small_chunk_opens_no_more_connections_than_rows(tmp_path: Path) -> No
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     spec, run_id, ledger = _planned(tmp_path, db, 3)
     with CaptureServer() as server:
-        (bounds,) = ledger.id_ranges(run_id, 1000)
+        (bounds,) = chunk_ranges(ledger, run_id, 1000)
         send_chunk(spec, run_id, bounds, db, Target(smtp_url=server.url), threads=8)
     assert len(server.messages) == 3
     assert server.connections <= 3
@@ -96,7 +98,7 @@ def test_retries_wait_for_their_backoff_whichever_thread_takes_them(tmp_path: Pa
         tmp_path, db, 60, retry_base_seconds=0.4, pause_after_failures=0
     )
     with FlakyServer() as server:
-        (bounds,) = ledger.id_ranges(run_id, 1000)
+        (bounds,) = chunk_ranges(ledger, run_id, 1000)
         started = time.monotonic()
         result = send_chunk(
             spec, run_id, bounds, db, Target(smtp_url=server.url), threads=4,

@@ -25,6 +25,7 @@ from mailcast.ledger.models import Event, Suppression
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
 from mailcast.web.tracking import PIXEL, create_app
+from tests.ledger_rows import claim_pending
 
 SECRET = b"test-secret-0123456789abcdef"
 OTHER_SECRET = b"another-secret-0123456789abcdef"
@@ -176,7 +177,7 @@ class World:
             run_id,
             [Recipient(i + 2, a, {"email": a}, None, a) for i, a in enumerate(addresses)],
         )
-        claims = self.ledger.claim(run_id, 0, 2**62, 100)
+        claims = claim_pending(self.ledger, run_id, 100)
         self.ledger.record([Outcome(c.id, "sent", smtp_code=250) for c in claims])
         return run_id
 

@@ -365,30 +365,6 @@ class Ledger:
             conn.execute(update(R).where(R.c.id == run_id).values(**values))
         return total
 
-    def id_ranges(
-        self, run_id: str, size: int, *, statuses: Sequence[str] = (PENDING,)
-    ) -> list[tuple[int, int]]:
-        """Chunks of ``size`` open rows as inclusive (first id, last id) ranges."""
-        query = (
-            select(D.c.id).where(D.c.run_id == run_id, D.c.status.in_(statuses)).order_by(D.c.id)
-        )
-        ranges: list[tuple[int, int]] = []
-        with self.engine.connect() as conn:
-            ids = conn.execute(query).scalars()
-            first = last = None
-            n = 0
-            for i in ids:
-                if first is None:
-                    first = i
-                last = i
-                n += 1
-                if n == size:
-                    ranges.append((first, last))
-                    first, n = None, 0
-            if first is not None and last is not None:
-                ranges.append((first, last))
-        return ranges
-
     # -- the send engine's store -------------------------------------------------------------
 
     def _claim(
@@ -426,19 +402,6 @@ class Ledger:
         else:
             rows = sorted(conn.execute(stmt).all(), key=lambda r: r[0])
         return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-
-    def claim(
-        self, run_id: str, lo: int, hi: int, limit: int, exclude: Sequence[int] = ()
-    ) -> list[Claim]:
-        """Take up to ``limit`` pending rows with ids in [lo, hi] (but not in ``exclude``: rows
-        waiting for a retry): marked ``sending`` in one statement, committed before any of them
-        is transmitted."""
-
-        def where(t: Any) -> Any:
-            cond = t.c.id.between(lo, hi)
-            return cond & t.c.id.notin_(list(exclude)) if exclude else cond
-
-        return self._claim(run_id, where, limit)
 
     def claim_ids(
         self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()

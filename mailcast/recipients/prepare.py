@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mailcast.ledger.models import RunStatus, utcnow
 from mailcast.ledger.store import Ledger
-from mailcast.recipients import Recipient, RecipientTable
+from mailcast.recipients import Recipient
 from mailcast.spec import CampaignSpec
 from mailcast.transport.factory import Target
 
@@ -60,21 +60,6 @@ def plan_rows(
         raise
     ledger.set_run(run_id, status=RunStatus.SENDING, flow_run_id=flow_run_id, started_at=utcnow())
     return run_id
-
-
-def plan_run(
-    ledger: Ledger,
-    spec: CampaignSpec,
-    table: RecipientTable,
-    target: Target,
-    *,
-    run_id: str | None = None,
-    flow_run_id: str | None = None,
-) -> str:
-    """``plan_rows`` for a table in memory."""
-    return plan_rows(
-        ledger, spec, table.rows, table.columns, target, run_id=run_id, flow_run_id=flow_run_id
-    )
 
 
 def prepare_run(
