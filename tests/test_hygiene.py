@@ -207,3 +207,95 @@ def test_the_moved_errors_are_still_importable_where_they_were() -> None:
 
     assert tokens.TrackingError is errors.TrackingError
     assert mailbox.MailboxError is errors.MailboxError
+
+
+# -- all SQL in mailcast/ledger/ -----------------------------------------------------------------
+
+# What builds SQL: SQLAlchemy's statement constructors (from sqlalchemy, sqlalchemy.sql or a
+# dialect), and the ledger's tables (the mapped classes of mailcast.ledger.models).
+_SQL_BUILDERS = {
+    "select", "insert", "update", "delete", "text", "literal", "literal_column", "exists",
+    "bindparam", "table", "column", "union", "union_all", "values", "lambda_stmt",
+}  # fmt: skip
+
+# Modules outside mailcast/ledger/ that build SQL, and why.
+SQL_ALLOWED = {
+    # the SQL recipient source runs the campaign's own query against the user's database (not
+    # the ledger): text() of that query is the source's job
+    "mailcast/recipients/sources.py": {"text"},
+    # the bounce processor's statements: h-outcomes moves them into mailcast/ledger/ with the
+    # bounce outcome work (issue 10); drop this entry then
+    "mailcast/engagement/processing.py": {"insert", "select", "text", "bindparam", "tables"},
+}
+
+
+def _ledger_tables() -> set[str]:
+    from mailcast.ledger import models
+
+    return {
+        name
+        for name, obj in vars(models).items()
+        if isinstance(obj, type) and hasattr(obj, "__table__")
+    }
+
+
+def sql_builders(
+    source: str, tables: set[str], filename: str = "<source>"
+) -> list[tuple[int, str]]:
+    """(line, what) for every SQL-building import (or table access) in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            module = node.module
+            sqlalchemy = module == "sqlalchemy" or module.startswith(
+                ("sqlalchemy.sql", "sqlalchemy.dialects")
+            )
+            for alias in node.names:
+                table = module == "mailcast.ledger.models" and alias.name in tables
+                models = module == "mailcast.ledger" and alias.name == "models"
+                if sqlalchemy and alias.name in _SQL_BUILDERS:
+                    found.append((node.lineno, alias.name))
+                elif table or models:
+                    found.append((node.lineno, "tables"))
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, alias.name)
+                for alias in node.names
+                if alias.name in ("sqlalchemy", "mailcast.ledger.models")
+            ]
+        elif isinstance(node, ast.Attribute) and node.attr in ("__table__", "exec_driver_sql"):
+            found.append((node.lineno, node.attr if node.attr != "__table__" else "tables"))
+    return sorted(found)
+
+
+def test_the_sql_check_finds_statement_builders() -> None:
+    tables = _ledger_tables()
+    assert {"Delivery", "Event", "Suppression"} <= tables
+    found = sql_builders(
+        "from sqlalchemy import Engine, select\n"
+        "from sqlalchemy.dialects.postgresql import insert\n"
+        "from mailcast.ledger.models import SENT, Delivery\n"
+        "from sqlalchemy.engine import make_url\n"
+        "t = Delivery.__table__\n",
+        tables,
+    )
+    assert found == [(1, "select"), (2, "insert"), (3, "tables"), (5, "tables")]
+
+
+def test_all_sql_is_in_the_ledger_package() -> None:
+    tables = _ledger_tables()
+    ledger = REPO / "mailcast" / "ledger"
+    offenders = []
+    for path in _sources():
+        if path.is_relative_to(ledger):
+            continue
+        allowed = SQL_ALLOWED.get(_rel(path), set())
+        for line, what in sql_builders(path.read_text(encoding="utf-8"), tables, str(path)):
+            if what not in allowed:
+                offenders.append(
+                    f"{_rel(path)}:{line}: builds SQL ({what}); move it to mailcast/ledger/"
+                )
+    assert not offenders, "\n".join(offenders)
+    for name, allowed in SQL_ALLOWED.items():  # the allow-list holds nothing stale
+        used = {what for _, what in sql_builders((REPO / name).read_text(encoding="utf-8"), tables)}
+        assert allowed <= used, f"{name}: {sorted(allowed - used)} no longer needed"

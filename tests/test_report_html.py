@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import insert, update
 from typer.testing import CliRunner
 
-from mailcast.engagement import record
 from mailcast.engagement.report_page import CLICK_COLOR, OPEN_COLOR, load_report, render_html
+from mailcast.ledger.events import register_links
 from mailcast.ledger.models import Delivery, Event
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
@@ -53,7 +53,7 @@ def populated_run(url: str) -> str:
         ]
     )
     ids = [c.id for c in claims]
-    links = record.register_links(
+    links = register_links(
         ledger.engine,
         run_id,
         [("https://shop.example/spring", 1), ("https://shop.example/sale", 2)],

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from mailcast.engagement import record, tokens
+from mailcast.engagement import tokens
 from mailcast.engagement.links import Tracker
 from mailcast.engagement.tokens import BOUNCE, CLICK, OPEN, UNSUBSCRIBE
+from mailcast.ledger import events
 from mailcast.ledger.models import Event, Suppression
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
@@ -159,10 +160,10 @@ class World:
         self.domain = f"{tag}.example.com"
         self.run_a = self._run("tokens-a", [f"alice@{self.domain}", f"bob@{self.domain}"])
         self.run_b = self._run("tokens-b", [f"carol@{self.domain}"])
-        self.links_a = record.register_links(
+        self.links_a = events.register_links(
             self.ledger.engine, self.run_a, [("https://shop.example/a?x=1&y=2", 1)]
         )
-        self.links_b = record.register_links(
+        self.links_b = events.register_links(
             self.ledger.engine, self.run_b, [("https://elsewhere.example/b", 1)]
         )
         ids = self.ids
@@ -308,7 +309,7 @@ def test_a_recording_failure_still_returns_the_pixel(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("database is on fire")
 
-    monkeypatch.setattr(record, "record_event", broken)
+    monkeypatch.setattr(events, "record_event", broken)
     with caplog.at_level(logging.ERROR, logger="mailcast.engagement"):
         r = call(app, "GET", f"/o/{tokens.make(SECRET, OPEN, world.bob)}.gif")
     assert r.status_code == 200 and r.content == PIXEL

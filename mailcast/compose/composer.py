@@ -18,7 +18,7 @@ from typing import Any
 
 from mailcast.compose.mime import MessageBuilder
 from mailcast.compose.templates import CampaignTemplates, Rendered
-from mailcast.engagement.links import Tracker
+from mailcast.engagement.links import Tracker, is_tracked
 from mailcast.recipients.model import Recipient
 from mailcast.spec import CampaignSpec
 
@@ -102,8 +102,7 @@ class Composer:
         """A composer for previews: tracking as in a real send, but links numbered in memory
         (nothing is written to the ledger). Without a tracking secret the tokens are made with
         a throwaway one (a preview's tokens name no delivery anyway)."""
-        tracked = bool(spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto)
-        if tracked and secret is None:
+        if is_tracked(spec) and secret is None:
             try:
                 from mailcast.engagement import tokens
 

@@ -217,8 +217,7 @@ class Tracker:
     ) -> Tracker:
         """The tracker of a run; loads the secret (TrackingError when tracking is on and there is
         none)."""
-        on = bool(spec.tracking_base_url or spec.bounce_domain or spec.unsubscribe_mailto)
-        if on and secret is None:
+        if is_tracked(spec) and secret is None:
             secret = tokens.load_secret()
         return cls(
             run_id=run_id,
@@ -255,7 +254,7 @@ class Tracker:
     def _link_ids(self, links: list[tuple[str, int]]) -> dict[str, int]:
         if self._ids_of is not None:
             return self._ids_of(links)
-        from mailcast.engagement.record import register_links
+        from mailcast.ledger.events import register_links
 
         assert self.engine is not None
         key = (str(self.engine.url), self.run_id)

@@ -1,176 +1,41 @@
-"""The tracking service's and the bounce processor's statements against the ledger: record
-events, look up links and deliveries, suppress addresses. Bulk where there is more than one row;
-every statement works on SQLite and Postgres."""
+"""Recording what recipients do: the unsubscribe rule (an ``unsubscribe`` event once per
+delivery, and a suppression of its address). The statements themselves are in the ledger
+(``mailcast.ledger.events``, ``mailcast.ledger.suppressions``); their names are re-exported
+here for the modules that record through this one."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, Table, and_, exists, insert, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
-
-from mailcast.ledger.models import (
-    UNSUBSCRIBE,
-    UNSUBSCRIBED,
-    Delivery,
-    Event,
-    Link,
-    Suppression,
-    utcnow,
+from mailcast.ledger.events import (
+    DeliveryInfo,
+    delivery,
+    has_event,
+    insert_ignoring_duplicates,
+    link_target,
+    record_event,
+    record_events,
+    register_links,
+    url_hash,
 )
+from mailcast.ledger.models import UNSUBSCRIBE, UNSUBSCRIBED, utcnow
+from mailcast.ledger.suppressions import suppress_rows
 
-D = cast(Table, Delivery.__table__)
-E = cast(Table, Event.__table__)
-L = cast(Table, Link.__table__)
-S = cast(Table, Suppression.__table__)
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-
-def insert_ignoring_duplicates(conn: Connection, table: Table, index: Sequence[str]) -> Any:
-    """``INSERT … ON CONFLICT (index) DO NOTHING`` for the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(index))
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(index))
-    raise ValueError(f"unsupported database {conn.dialect.name!r}")  # pragma: no cover
-
-
-def url_hash(url: str) -> str:
-    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# -- links ------------------------------------------------------------------------------------
-
-
-def register_links(engine: Engine, run_id: str, links: Sequence[tuple[str, int]]) -> dict[str, int]:
-    """``url -> links.id`` for the (url, position) pairs of a run, inserting the new ones: one
-    insert and one select, whatever the number of links."""
-    if not links:
-        return {}
-    first: dict[str, int] = {}
-    for url, position in links:
-        first.setdefault(url, position)
-    hashes = {url_hash(u): u for u in first}
-    now = utcnow()
-    rows = [
-        {"run_id": run_id, "position": p, "url": u, "url_hash": url_hash(u), "created_at": now}
-        for u, p in first.items()
-    ]
-    with engine.begin() as conn:
-        conn.execute(insert_ignoring_duplicates(conn, L, ("run_id", "url_hash")), rows)
-        found = conn.execute(
-            select(L.c.url_hash, L.c.id).where(L.c.run_id == run_id, L.c.url_hash.in_(list(hashes)))
-        ).all()
-    return {hashes[h]: i for h, i in found}
-
-
-def link_target(engine: Engine, delivery_id: int, link_id: int) -> tuple[str, str, int] | None:
-    """(url, run_id, position) of link ``link_id`` when it belongs to the run of delivery
-    ``delivery_id``; else None."""
-    query = (
-        select(L.c.url, L.c.run_id, L.c.position)
-        .join(D, D.c.run_id == L.c.run_id)
-        .where(L.c.id == link_id, D.c.id == delivery_id)
-    )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return (row[0], row[1], row[2]) if row is not None else None
-
-
-# -- deliveries -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryInfo:
-    id: int
-    run_id: str
-    address: str
-    address_key: str | None
-    campaign: str
-
-
-def delivery(engine: Engine, delivery_id: int) -> DeliveryInfo | None:
-    from mailcast.ledger.models import Campaign, Run
-
-    R = cast(Table, Run.__table__)
-    C = cast(Table, Campaign.__table__)
-    query = (
-        select(D.c.id, D.c.run_id, D.c.address, D.c.address_key, C.c.name)
-        .join(R, R.c.id == D.c.run_id)
-        .join(C, C.c.id == R.c.campaign_id)
-        .where(D.c.id == delivery_id)
-    )
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return DeliveryInfo(*row) if row is not None else None
-
-
-# -- events -----------------------------------------------------------------------------------
-
-
-def record_event(
-    engine: Engine,
-    delivery_id: int,
-    kind: str,
-    detail: dict[str, Any] | None,
-    *,
-    occurred_at: datetime | None = None,
-) -> bool:
-    """One event for a delivery (its ``run_id`` taken from the delivery, in the same statement).
-    False when there is no such delivery."""
-    now = utcnow()
-    stmt = insert(E).from_select(
-        ["delivery_id", "run_id", "kind", "detail", "occurred_at", "created_at"],
-        select(
-            D.c.id,
-            D.c.run_id,
-            literal(kind),
-            literal(detail, type_=E.c.detail.type),
-            literal(occurred_at or now, type_=E.c.occurred_at.type),
-            literal(now, type_=E.c.created_at.type),
-        ).where(D.c.id == delivery_id),
-    )
-    with engine.begin() as conn:
-        return bool(conn.execute(stmt).rowcount)
-
-
-def record_events(conn: Connection, events: Iterable[dict[str, Any]]) -> int:
-    """Insert events (dicts with delivery_id, run_id, kind, detail, occurred_at) in one
-    statement; returns how many."""
-    now = utcnow()
-    rows = [{**e, "created_at": now} for e in events]
-    if rows:
-        conn.execute(insert(E), rows)
-    return len(rows)
-
-
-# -- suppression ------------------------------------------------------------------------------
-
-
-def suppress_rows(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
-    """Add (address_key, reason, source, delivery_id) rows to the suppression list; an address
-    already on it keeps its first reason. Returns how many were new."""
-    now = utcnow()
-    unique: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r.get("address_key"):
-            unique.setdefault(
-                r["address_key"],
-                {
-                    "address_key": r["address_key"],
-                    "reason": r["reason"],
-                    "source": (r.get("source") or None) and str(r["source"])[:200],
-                    "delivery_id": r.get("delivery_id"),
-                    "created_at": now,
-                },
-            )
-    if not unique:
-        return 0
-    stmt = insert_ignoring_duplicates(conn, S, ("address_key",)).returning(S.c.id)
-    return len(conn.execute(stmt, list(unique.values())).all())
+__all__ = [
+    "DeliveryInfo",
+    "delivery",
+    "insert_ignoring_duplicates",
+    "link_target",
+    "record_event",
+    "record_events",
+    "register_links",
+    "suppress_rows",
+    "unsubscribe",
+    "url_hash",
+]
 
 
 def unsubscribe(engine: Engine, delivery_id: int, source: str) -> DeliveryInfo | None:
@@ -179,12 +44,8 @@ def unsubscribe(engine: Engine, delivery_id: int, source: str) -> DeliveryInfo |
     info = delivery(engine, delivery_id)
     if info is None:
         return None
-    now = utcnow()
     with engine.begin() as conn:
-        already = conn.execute(
-            select(exists().where(and_(E.c.delivery_id == delivery_id, E.c.kind == UNSUBSCRIBE)))
-        ).scalar()
-        if not already:
+        if not has_event(conn, delivery_id, UNSUBSCRIBE):
             record_events(
                 conn,
                 [
@@ -193,7 +54,7 @@ def unsubscribe(engine: Engine, delivery_id: int, source: str) -> DeliveryInfo |
                         "run_id": info.run_id,
                         "kind": UNSUBSCRIBE,
                         "detail": {"source": source},
-                        "occurred_at": now,
+                        "occurred_at": utcnow(),
                     }
                 ],
             )

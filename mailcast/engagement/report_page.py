@@ -12,14 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, text
+from sqlalchemy import Engine
 
-from mailcast.ledger.models import CLICK, OPEN, Delivery, Event
-
-D = cast(Table, Delivery.__table__)
-E = cast(Table, Event.__table__)
+from mailcast.ledger import reports
+from mailcast.ledger.models import CLICK, OPEN
 
 OPEN_COLOR, CLICK_COLOR = "#2563eb", "#ea580c"
 _BUCKETS = (
@@ -73,31 +71,12 @@ def _utc(value: Any) -> datetime | None:
 def load_report(engine: Engine, run_id: str) -> RunReport:
     """Everything the page shows, for run ``run_id`` (the full id)."""
     with engine.connect() as conn:
-        row = (
-            conn.execute(text("SELECT * FROM campaign_summary WHERE run_id = :r"), {"r": run_id})
-            .mappings()
-            .first()
-        )
-        assert row is not None, run_id
-        summary = dict(row)
-        started = conn.execute(select(func.min(D.c.sent_at)).where(D.c.run_id == run_id)).scalar()
-        links = [
-            dict(r)
-            for r in conn.execute(
-                text(
-                    "SELECT position, url, clicks, unique_clicks FROM link_clicks"
-                    " WHERE run_id = :r ORDER BY clicks DESC, position, url"
-                ),
-                {"r": run_id},
-            ).mappings()
-        ]
+        summary = reports.summary_row(conn, run_id)
+        assert summary is not None, run_id
+        started = reports.first_sent(conn, run_id)
+        links = reports.link_clicks(conn, run_id)
         times: dict[str, list[datetime]] = {OPEN: [], CLICK: []}
-        result = conn.execution_options(yield_per=10_000).execute(
-            select(E.c.kind, E.c.occurred_at).where(
-                E.c.run_id == run_id, E.c.kind.in_((OPEN, CLICK))
-            )
-        )
-        for kind, at in result:
+        for kind, at in reports.event_times(conn, run_id, (OPEN, CLICK)):
             t = _utc(at)
             if t is not None:
                 times[kind].append(t)

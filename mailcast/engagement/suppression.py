@@ -12,26 +12,29 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import cast
 
-from sqlalchemy import Engine, Table, delete, func, select
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from mailcast.engagement.record import suppress_rows
 from mailcast.errors import SourceError, SpecError
-from mailcast.ledger.models import MANUAL, SUPPRESSION_REASONS, Suppression
+from mailcast.ledger import suppressions
+from mailcast.ledger.models import MANUAL, SUPPRESSION_REASONS
+from mailcast.ledger.suppressions import Entry, suppress_rows, suppressed
 
-S = cast(Table, Suppression.__table__)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    address_key: str
-    reason: str
-    source: str | None
-    created_at: datetime
+__all__ = [
+    "Entry",
+    "ImportResult",
+    "add",
+    "address_key",
+    "check_reason",
+    "counts",
+    "entries",
+    "import_file",
+    "remove",
+    "suppressed",
+    "suppressed_for",
+]
 
 
 def address_key(address: str) -> str:
@@ -75,33 +78,19 @@ def remove(engine: Engine, addresses: Iterable[str]) -> int:
             keys.append(address_key(a))
         except ValueError:
             keys.append(a.strip().lower())
-    with engine.begin() as conn:
-        result = conn.execute(delete(S).where(S.c.address_key.in_(keys)))
-    return result.rowcount or 0
+    return suppressions.remove_keys(engine, keys)
 
 
 def entries(engine: Engine, *, reason: str | None = None, limit: int | None = None) -> list[Entry]:
-    query = select(S.c.address_key, S.c.reason, S.c.source, S.c.created_at).order_by(
-        S.c.created_at.desc(), S.c.address_key
+    """The list, newest first (only ``reason``'s entries, at most ``limit``, when given)."""
+    return suppressions.entries(
+        engine, reason=check_reason(reason) if reason else None, limit=limit
     )
-    if reason:
-        query = query.where(S.c.reason == check_reason(reason))
-    if limit:
-        query = query.limit(limit)
-    with engine.connect() as conn:
-        return [Entry(*row) for row in conn.execute(query).all()]
 
 
 def counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(S.c.reason, func.count()).group_by(S.c.reason)).all()
-    return {r: n for r, n in rows}
-
-
-def suppressed(engine: Engine) -> dict[str, str]:
-    """``address_key -> reason`` for every suppressed address (what validate needs)."""
-    with engine.connect() as conn:
-        return {k: r for k, r in conn.execute(select(S.c.address_key, S.c.reason)).all()}
+    """``reason -> how many addresses``."""
+    return suppressions.counts(engine)
 
 
 def suppressed_for(database_url: str) -> dict[str, str]:

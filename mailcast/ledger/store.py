@@ -26,7 +26,6 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 
@@ -47,6 +46,7 @@ from mailcast.ledger.models import (
     SmtpStage,
     utcnow,
 )
+from mailcast.ledger.reports import summary_row
 from mailcast.ledger.schema import ensure_schema, get_engine
 from mailcast.recipients import Recipient
 from mailcast.redact import redact_url
@@ -119,23 +119,21 @@ PLAN_COLUMNS = (
 )  # fmt: skip
 
 
-def _plan_rows(
+def _delivery_rows(
     run_id: str, recipients: Iterable[Recipient], now: datetime
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[tuple[Any, ...]]:
+    """The delivery row of each recipient, values in ``PLAN_COLUMNS`` order (the INSERT and the
+    COPY path both write these): pending for a valid recipient, skipped with its reason
+    otherwise."""
     for r in recipients:
         ok = r.reason is None
-        yield {
-            "run_id": run_id,
-            "row_no": r.row,
-            "address": r.address[:998],
-            "address_key": r.key if ok else None,
-            "fields": r.fields,
-            "status": PENDING if ok else SKIPPED,
-            "reason": r.reason,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
+        yield (
+            run_id, r.row, r.address[:998], r.key if ok else None, r.fields,
+            PENDING if ok else SKIPPED, r.reason, 0, now, now,
+        )  # fmt: skip
+
+
+_FIELDS = PLAN_COLUMNS.index("fields")
 
 
 def _batched(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -161,10 +159,8 @@ def _copy_deliveries(
     with raw.cursor() as cur:
         sql = f"COPY deliveries ({', '.join(PLAN_COLUMNS)}) FROM STDIN"
         with cur.copy(sql) as copy:
-            for r in recipients:
-                ok = r.reason is None
-                row = (run_id, r.row, r.address[:998], r.key if ok else None, dumps(r.fields))
-                copy.write_row((*row, PENDING if ok else SKIPPED, r.reason, 0, now, now))
+            for row in _delivery_rows(run_id, recipients, now):
+                copy.write_row((*row[:_FIELDS], dumps(row[_FIELDS]), *row[_FIELDS + 1 :]))
                 n += 1
     return n
 
@@ -356,7 +352,11 @@ class Ledger:
                 total = _copy_deliveries(conn, run_id, recipients, now)
             else:
                 total = 0
-                for batch in _batched(_plan_rows(run_id, recipients, now), PLAN_BATCH):
+                rows = (
+                    dict(zip(PLAN_COLUMNS, row, strict=True))
+                    for row in _delivery_rows(run_id, recipients, now)
+                )
+                for batch in _batched(rows, PLAN_BATCH):
                     conn.execute(insert(D), batch)
                     total += len(batch)
             values: dict[str, Any] = {"recipients": total}
@@ -595,11 +595,4 @@ class Ledger:
     def campaign_summary(self, run_id: str) -> dict[str, Any] | None:
         """The run's row of the ``campaign_summary`` view (counts and rates), None if absent."""
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    text("SELECT * FROM campaign_summary WHERE run_id = :r"), {"r": run_id}
-                )
-                .mappings()
-                .first()
-            )
-        return dict(row) if row is not None else None
+            return summary_row(conn, run_id)

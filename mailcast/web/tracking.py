@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from mailcast.engagement import record, tokens
+from mailcast.ledger import events
 from mailcast.ledger.models import CLICK, OPEN
 
 log = logging.getLogger("mailcast.engagement")
@@ -100,7 +101,7 @@ class TrackingService:
 
     def _record(self, delivery_id: int, kind: str, detail: dict[str, Any]) -> None:
         try:
-            if not record.record_event(self.engine, delivery_id, kind, detail or None):
+            if not events.record_event(self.engine, delivery_id, kind, detail or None):
                 log.info("%s for delivery %s not recorded: no such delivery", kind, delivery_id)
         except Exception:
             log.exception("could not record the %s event of delivery %s", kind, delivery_id)
@@ -122,7 +123,7 @@ class TrackingService:
             return _not_found()
         try:
             target = await run_in_threadpool(
-                record.link_target, self.engine, token.delivery_id, token.link_id
+                events.link_target, self.engine, token.delivery_id, token.link_id
             )
         except Exception:
             log.exception("cannot look up link %s of delivery %s", token.link_id, token.delivery_id)
@@ -147,7 +148,7 @@ class TrackingService:
         if token is None:
             return _not_found()
         try:
-            info = await run_in_threadpool(record.delivery, self.engine, token.delivery_id)
+            info = await run_in_threadpool(events.delivery, self.engine, token.delivery_id)
         except Exception:
             log.exception("cannot look up delivery %s", token.delivery_id)
             info = None
