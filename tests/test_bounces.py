@@ -680,13 +680,14 @@ def test_the_process_bounces_flow(
     from mailcast.flows.bounces import process_bounces
 
     monkeypatch.setenv("MAILCAST_TRACKING_SECRET", SECRET.decode())
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", db_url)  # the worker's ledger
     s = Sent(db_url)
     maildir = tmp_path / "Maildir"
     fill_maildir(maildir, s)
-    summary = process_bounces(maildir=str(maildir), database_url=db_url)
+    summary = process_bounces(maildir=str(maildir))
     assert (summary.read, summary.recorded, summary.ignored) == (8, 6, 2)
     assert s.run_id in summary.runs
-    again = process_bounces(maildir=str(maildir), database_url=db_url)
+    again = process_bounces(maildir=str(maildir))
     assert again.read == 0
     n = rows(db_url, "SELECT COUNT(*) AS n FROM events WHERE run_id = :r", r=s.run_id)
     assert n == [{"n": 6}]
