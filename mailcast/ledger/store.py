@@ -1,4 +1,8 @@
-"""The ledger store: every query mailcast runs against the tracking database, kept together.
+"""The ledger store: the runs' and the deliveries' queries (planning, the send engine's claims
+and outcomes, recovery, the CLI's reading). Every statement against the ledger belongs in this
+package (tests/test_hygiene.py checks it): the tracking service's and the bounce processor's in
+``events.py``, the suppression list's in ``suppressions.py``, the report's in ``reports.py``,
+the views in ``views.py``.
 
 The send engine depends only on the ``Store`` protocol (claim, record, requeue); ``Ledger``
 implements it with SQLAlchemy Core bulk statements (one statement per batch, never per message)
