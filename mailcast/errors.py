@@ -10,6 +10,7 @@
     ├── MessageBuildError         one recipient's message cannot be built (address, Message-ID, no body)
     ├── LedgerError               the tracking database
     │   ├── SchemaOutdatedError   the database schema is behind the code: run `mailcast db upgrade`
+    │   ├── LedgerUnavailable     the database cannot be reached (the engine waits for it)
     │   └── RunNotFoundError      no run with that id
     ├── TransportError            talking to the mail server (host:port)
     │   ├── ConnectError          cannot reach the server; .code: the refused greeting's reply code
@@ -83,6 +84,10 @@ class LedgerError(MailcastError):
 
 class SchemaOutdatedError(LedgerError):
     default_hint = "run `mailcast db upgrade` (with the same --db) and try again"
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger database cannot be reached (down, restarting, connection lost)."""
 
 
 class RunNotFoundError(LedgerError):

@@ -1,4 +1,4 @@
-"""Group commit for the connections of one chunk (tasks/claim_group.py), on SQLite and real
+"""Group commit for the connections of one chunk (mailcast/engine/claim_group.py), on SQLite and real
 Postgres: many threads claiming and recording at once share transactions, and each still gets
 exactly its own rows, with its outcomes in the ledger."""
 
@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 
 from mailcast.engine.claim_group import ClaimGroup
-from mailcast.ledger.store import Claim, Ledger, Outcome
+from mailcast.ledger.store import Claim, Exchanged, Ledger, Outcome
 from tests.test_ledger import _run
 
 
@@ -56,14 +56,20 @@ def test_an_error_fails_every_claim_of_its_transaction() -> None:
             self.release = threading.Event()
             self.calls = 0
 
-        def claim_ids(
-            self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()
-        ) -> list[Claim]:
+        def exchange(
+            self,
+            run_id: str,
+            *,
+            token: str | None,
+            record: Sequence[Outcome] = (),
+            claim: Sequence[int] = (),
+            hand_over: Sequence[int] = (),
+        ) -> Exchanged:
             self.calls += 1
             if self.calls == 1:  # the first transaction: hold it while others queue up
                 self.entered.set()
                 self.release.wait(5)
-                return [Claim(i, i, f"u{i}@example.com", {}, 1) for i in ids]
+                return Exchanged(claims=[Claim(i, i, f"u{i}@example.com", {}, 1) for i in claim])
             raise RuntimeError("database went away")
 
     store = Broken()
@@ -98,3 +104,36 @@ def test_nothing_to_claim_or_record_is_no_transaction(db_url: str) -> None:
     group = ClaimGroup(Ledger(db_url))
     assert group.claim_ids("no-such-run", [], record=[]) == []
     assert group.transactions == 0
+
+
+def test_hand_overs_are_grouped_and_each_thread_gets_its_own(db_url: str) -> None:
+    """Every message is handed over before it is sent: with many connections those
+    transactions are shared too, and each thread learns which of its rows it still holds."""
+    ledger = Ledger(db_url)
+    run_id = _run(ledger, 200)
+    ids = ledger.pending_ids(run_id, 0, 10**9)
+    group = ClaimGroup(ledger)
+    assert len(group.claim_ids(run_id, ids, token="t")) == 200
+    handed: dict[int, set[int]] = {}
+    start = threading.Barrier(10)
+
+    def loop(k: int) -> None:
+        mine = ids[k::10]
+        start.wait()
+        got: set[int] = set()
+        previous: list[Outcome] = []
+        for i in mine:
+            got |= group.exchange(run_id, token="t", record=previous, hand_over=[i]).handed
+            previous = [Outcome(i, "sent", smtp_code=250, smtp_reply="ok")]
+        group.record(previous, token="t")
+        handed[k] = got
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(10):
+        assert handed[k] == set(ids[k::10])
+    assert ledger.counts(run_id)["sent"] == 200
+    assert group.transactions < 200 + 1  # 200 hand-overs and a claim, grouped

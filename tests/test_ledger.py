@@ -63,24 +63,59 @@ def test_duplicates_can_be_recorded_as_skipped(db_url: str) -> None:
 def test_claim_marks_sending_and_is_never_repeated(db_url: str) -> None:
     ledger = Ledger(db_url)
     run_id = _run(ledger, 50)
-    ((lo, hi),) = chunk_ranges(ledger, run_id, 1000)
-    first = claim_pending(ledger, run_id, 20, lo, hi)
-    second = claim_pending(ledger, run_id, 100, lo, hi)
+    ids = list(ledger.all_pending_ids(run_id))
+    first = ledger.claim_ids(run_id, ids[:20], token="a")
+    second = ledger.claim_ids(run_id, ids, token="b")
     assert len(first) == 20 and len(second) == 30
     assert not {c.id for c in first} & {c.id for c in second}
     assert all(c.attempts == 1 for c in first)
     assert ledger.counts(run_id)["sending"] == 50
     ledger.record([Outcome(c.id, "sent", smtp_code=250, smtp_reply="ok") for c in first])
-    assert claim_pending(ledger, run_id, 100, lo, hi) == []
-    assert ledger.claim_ids(run_id, [c.id for c in first + second]) == []  # none taken twice
-    # a crash leaves `second` in flight: resume marks them unknown, never sent again
-    assert ledger.mark_unknown(run_id) == 30
+    assert ledger.claim_ids(run_id, ids, token="c") == []  # none taken twice
+    # A crash: of `second`, 10 were handed over (their messages may be at the server), 20 only
+    # reserved. Resume marks the 10 unknown (never sent again) and sends the 20.
+    handed = ledger.exchange(run_id, token="b", hand_over=[c.id for c in second[:10]]).handed
+    assert handed == {c.id for c in second[:10]}
+    assert ledger.mark_unknown(run_id) == 10
     counts = ledger.counts(run_id)
-    assert counts["sent"] == 20 and counts["unknown"] == 30
-    assert claim_pending(ledger, run_id, 100, lo, hi) == []
-    assert ledger.claim_ids(run_id, [c.id for c in second]) == []
-    assert ledger.reopen(run_id, ["unknown"]) == 30
-    assert len(claim_pending(ledger, run_id, 100, lo, hi)) == 30
+    assert counts["sent"] == 20 and counts["unknown"] == 10 and counts["pending"] == 20
+    again = ledger.claim_ids(run_id, ids, token="d")
+    assert {c.id for c in again} == {c.id for c in second[10:]}
+    assert all(c.attempts == 1 for c in again)  # the reservation was not an attempt
+    assert ledger.reopen(run_id, ["unknown"]) == 10
+    assert len(ledger.claim_ids(run_id, ids, token="e")) == 10
+
+
+def test_a_sender_hands_over_only_rows_it_still_holds(db_url: str) -> None:
+    """A resume elsewhere takes reserved rows back; the first sender then neither sends them
+    (its hand-over is refused) nor overwrites what the new holder records."""
+    ledger = Ledger(db_url)
+    run_id = _run(ledger, 5)
+    ids = list(ledger.all_pending_ids(run_id))
+    assert len(ledger.claim_ids(run_id, ids, token="a")) == 5
+    assert ledger.mark_unknown(run_id) == 0  # a resume: nothing was handed over
+    taken = ledger.claim_ids(run_id, ids[:2], token="b")
+    assert [c.id for c in taken] == ids[:2]
+    late = ledger.exchange(run_id, token="a", hand_over=ids)
+    assert late.handed == set()  # two are b's now, three are pending again: a sends nothing
+    ledger.record([Outcome(i, "pending") for i in ids], token="a")
+    assert ledger.exchange(run_id, token="b", hand_over=ids[:2]).handed == set(ids[:2])
+    counts = ledger.counts(run_id)
+    assert counts["sending"] == 2 and counts["pending"] == 3
+
+
+def test_a_claim_repeated_after_a_lost_reply_takes_its_own_rows_again(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    run_id = _run(ledger, 4)
+    ids = list(ledger.all_pending_ids(run_id))
+    first = ledger.claim_ids(run_id, ids, token="a")
+    again = ledger.claim_ids(run_id, ids, token="a")  # the reply to the first was lost
+    assert [c.id for c in again] == [c.id for c in first]
+    assert all(c.attempts == 1 for c in again)
+    assert ledger.claim_ids(run_id, ids, token="z") == []
+    # once handed over, a row is not claimed again, even by its holder
+    assert ledger.exchange(run_id, token="a", hand_over=ids[:1]).handed == {ids[0]}
+    assert [c.id for c in ledger.claim_ids(run_id, ids, token="a")] == ids[1:]
 
 
 def test_claim_ids_takes_only_the_ids_asked_for(db_url: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def send_chunk(
     new_transport = _transports(target)
     # the connections' claims share transactions (tasks/claim_group.py)
     store: Store = ClaimGroup(ledger) if threads > 1 else ledger
+    token = uuid.uuid4().hex  # this chunk's claims in the ledger (shared by its connections)
 
     def loop() -> ChunkResult:
         return run_connection(
@@ -141,6 +143,7 @@ def send_chunk(
             control=control,
             sender_for=composer.sender_for if composer.per_message_sender else None,
             work=work,
+            token=token,
         )
 
     try:

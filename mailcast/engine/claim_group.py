@@ -1,19 +1,19 @@
 """Group commit for the engine loops of one chunk: their ledger round trips, shared.
 
-Each engine loop (one SMTP connection, one thread) writes its last batch's outcomes and claims
-its next rows in one transaction (``Store.claim_ids(..., record=...)``). With many connections
-to a slow server that is one transaction per message per connection: at 200 connections and
-0.5 s a message, 400 small transactions a second, each waiting for a pooled database connection
-and for the GIL between its round trips (measured: a median of ~70 ms per claim, more than a
-tenth of each message's time).
+Each engine loop (one SMTP connection, one thread) talks to the ledger once per message (the
+hand-over of the message it is about to send, with the outcomes not yet recorded) and once per
+batch (the claim of its next rows). With many connections that is many small transactions,
+each waiting for a pooled database connection and for the GIL between its round trips
+(measured at 200 connections to a slow server: a median of ~70 ms per claim).
 
-A :class:`ClaimGroup` wraps the store for the loops of one chunk: a claim waits while one
-transaction is in flight, then every claim that arrived meanwhile goes in the next transaction
-together (all their outcomes recorded, all their ids claimed), and each caller gets back the
-rows of its own ids. So the number of transactions follows the database's speed, not the
-number of connections, and nothing changes for the ledger's guarantees: a loop's outcomes are
-still committed with (or before) its next claim, rows are claimed before anything of their
-messages is sent, and a failed transaction fails every claim that was in it.
+A :class:`ClaimGroup` wraps the store for the loops of one chunk: an exchange waits while one
+transaction is in flight, then every exchange that arrived meanwhile goes in the next
+transaction together (all their outcomes recorded, all their ids claimed and handed over),
+and each caller gets back its own part. So the number of transactions follows the database's
+speed, not the number of connections, and nothing changes for the ledger's guarantees: a
+loop's outcomes are committed with (or before) its next hand-over or claim, rows are handed
+over before their messages are sent, and a failed transaction fails every exchange in it (each
+caller may then try its own again). The loops of a chunk share one claim token.
 """
 
 from __future__ import annotations
@@ -22,22 +22,23 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mailcast.ledger.store import Claim, Outcome, Store
+from mailcast.ledger.store import Claim, Exchanged, Outcome, Store
 
 
 @dataclass
 class _Request:
-    ids: Sequence[int]
+    claim: Sequence[int]
+    hand_over: Sequence[int]
     record: Sequence[Outcome]
     wake: threading.Event = field(default_factory=threading.Event)  # answered, or to lead
     done: bool = False
     lead: bool = False
-    claims: list[Claim] = field(default_factory=list)
+    result: Exchanged = field(default_factory=Exchanged)
     error: BaseException | None = None
 
 
 class ClaimGroup:
-    """``store`` with ``claim_ids`` grouped across threads (see the module); the rest of the
+    """``store`` with ``exchange`` grouped across threads (see the module); the rest of the
     ``Store`` interface goes to ``store`` as it is. No extra thread: the caller that finds no
     transaction in flight runs one for everyone waiting, then wakes the first caller that
     arrived meanwhile to run the next."""
@@ -52,15 +53,31 @@ class ClaimGroup:
     def pending_ids(self, run_id: str, lo: int, hi: int) -> list[int]:
         return self.store.pending_ids(run_id, lo, hi)
 
-    def record(self, outcomes: Sequence[Outcome]) -> None:
-        self.store.record(outcomes)
+    def record(self, outcomes: Sequence[Outcome], *, token: str | None = None) -> None:
+        self.store.record(outcomes, token=token)
 
     def claim_ids(
-        self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()
+        self,
+        run_id: str,
+        ids: Sequence[int],
+        *,
+        record: Sequence[Outcome] = (),
+        token: str | None = None,
     ) -> list[Claim]:
-        if not ids and not record:
-            return []
-        mine = _Request(ids, record)
+        return self.exchange(run_id, token=token, record=record, claim=ids).claims
+
+    def exchange(
+        self,
+        run_id: str,
+        *,
+        token: str | None,
+        record: Sequence[Outcome] = (),
+        claim: Sequence[int] = (),
+        hand_over: Sequence[int] = (),
+    ) -> Exchanged:
+        if not (claim or hand_over or record):
+            return Exchanged()
+        mine = _Request(claim, hand_over, record)
         with self._lock:
             self._waiting.append(mine)
             if not self._busy:
@@ -70,7 +87,7 @@ class ClaimGroup:
         if not mine.done:  # leading: one transaction for everyone waiting (us included)
             with self._lock:
                 group, self._waiting = self._waiting, []
-            self._run(run_id, group)
+            self._run(run_id, token, group)
             with self._lock:
                 if self._waiting:  # arrived meanwhile: the first of them leads the next one
                     nxt = self._waiting[0]
@@ -80,21 +97,28 @@ class ClaimGroup:
                     self._busy = False
         if mine.error is not None:
             raise mine.error
-        return mine.claims
+        return mine.result
 
-    def _run(self, run_id: str, group: list[_Request]) -> None:
-        ids = [i for r in group for i in r.ids]
-        record = [o for r in group for o in r.record]
-        claims: list[Claim] = []
+    def _run(self, run_id: str, token: str | None, group: list[_Request]) -> None:
         error: BaseException | None = None
+        done = Exchanged()
         try:
-            claims = self.store.claim_ids(run_id, ids, record=record)
-        except BaseException as exc:  # every claim of the transaction fails with it
+            done = self.store.exchange(
+                run_id,
+                token=token,
+                record=[o for r in group for o in r.record],
+                claim=[i for r in group for i in r.claim],
+                hand_over=[i for r in group for i in r.hand_over],
+            )
+        except BaseException as exc:  # every exchange of the transaction fails with it
             error = exc
         self.transactions += 1
-        by_id = {c.id: c for c in claims}
+        by_id = {c.id: c for c in done.claims}
         for r in group:
-            r.claims = [by_id[i] for i in sorted(r.ids) if i in by_id]
+            r.result = Exchanged(
+                claims=[by_id[i] for i in sorted(r.claim) if i in by_id],
+                handed={i for i in r.hand_over if i in done.handed},
+            )
             r.error = error
             r.done = True
             r.wake.set()

@@ -40,9 +40,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from mailcast.compose.composer import envelope_address
 from mailcast.engine.control import THROTTLE_CODES, RunControl, backoff, short
@@ -52,6 +55,7 @@ from mailcast.errors import (
     AuthError,
     ConnectError,
     ConnectionLost,
+    LedgerUnavailable,
     MessageBuildError,
     RunStopped,
     SmtpReplyError,
@@ -65,6 +69,7 @@ from mailcast.transport.base import Reply, Transport
 log = logging.getLogger("mailcast.send")
 
 Compose = Callable[[Claim], tuple[str, bytes]]
+T = TypeVar("T")
 
 TARGET_BATCH_SECONDS = 0.1
 MAX_BATCH = 50
@@ -139,6 +144,7 @@ class _Connection:
     pacer: Pacer | None
     work: ChunkWork
     sender_for: Callable[[Claim], str | None] | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this sender's claims
     result: ChunkResult = field(default_factory=ChunkResult)
     deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
     unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
@@ -160,11 +166,13 @@ def run_connection(
     control: RunControl | None = None,
     sender_for: Callable[[Claim], str | None] | None = None,
     work: ChunkWork | None = None,
+    token: str | None = None,
 ) -> ChunkResult:
     """Send every pending row of ``run_id`` with id in [lo, hi] over ``transport`` (one
     connection); return what happened. Several calls (threads, one connection each) may share
     one ``work`` (the chunk's rows, see :class:`ChunkWork`); without it the rows are listed here.
     ``sender_for`` gives a row's own envelope sender (a VERP return path), None for ``sender``.
+    ``token`` names this sender's claims in the ledger (the connections of a chunk share one).
 
     Raises RunStopped when the run stopped (this chunk's failures, or another thread's), and
     AuthError/TlsError when the server refuses the credentials or TLS (the run is stopped too).
@@ -176,6 +184,8 @@ def run_connection(
     chunk = _Connection(
         store, transport, compose, sender, run_id, max_attempts, control, pacer, work, sender_for
     )
+    if token is not None:
+        chunk.token = token
     batch_size = 10
     try:
         control.check()
@@ -194,8 +204,13 @@ def run_connection(
                     break
                 control.sleep(when - time.monotonic())
                 continue
-            # The previous batch's outcomes and this claim: one transaction.
-            claims = store.claim_ids(run_id, ids, record=chunk.unrecorded)
+            # The previous batch's outcomes and this claim: one transaction. The rows are only
+            # reserved: each is handed over (``_hand_over``) just before its message is sent.
+            record = chunk.unrecorded
+            claims = _ledger(
+                chunk,
+                partial(store.exchange, run_id, token=chunk.token, record=record, claim=ids),
+            ).claims
             _recorded(chunk)
             if not claims:
                 continue
@@ -253,8 +268,10 @@ def _wait_for_server(chunk: _Connection, exc: ConnectError) -> None:
 
 
 def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
+    """Send the claimed rows one by one. Each outcome goes into ``chunk.unrecorded`` at once and
+    is written with the next hand-over (or claim): at any time at most the message in flight and
+    the one before it are not final in the ledger."""
     control, result = chunk.control, chunk.result
-    outcomes: list[Outcome] = []
     done: set[int] = set()
     in_flight: int | None = None
     unexpected: BaseException | None = None
@@ -270,7 +287,7 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
                 # Any other error is a bug: it stops the chunk, the row goes back to pending.
                 kind = "template error" if isinstance(exc, TemplateError) else "cannot build"
                 reason = f"{kind}: {exc}"
-                outcomes.append(Outcome(claim.id, FAILED, reason=reason))
+                chunk.unrecorded.append(Outcome(claim.id, FAILED, reason=reason))
                 done.add(claim.id)
                 result.failed += 1
                 result.count(kind)
@@ -279,6 +296,9 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             if chunk.pacer is not None:
                 chunk.pacer.wait()
             control.gate()
+            if not _hand_over(chunk, claim):
+                done.add(claim.id)  # taken back by a resume elsewhere: not ours to send
+                continue
             in_flight = claim.id
             try:
                 mail_from = (chunk.sender_for(claim) if chunk.sender_for else None) or chunk.sender
@@ -286,11 +306,11 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             except SmtpReplyError as exc:
                 in_flight = None
                 outcome = _refused(chunk, claim, exc, message_id)
-                outcomes.append(outcome)
+                chunk.unrecorded.append(outcome)
                 done.add(claim.id)
                 continue
             in_flight = None
-            outcomes.append(
+            chunk.unrecorded.append(
                 Outcome(
                     claim.id,
                     SENT,
@@ -330,17 +350,62 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
                     " been delivered",
                 )
             )
-        chunk.unrecorded.extend(outcomes + rest)
+        chunk.unrecorded.extend(rest)
         if not completed:
             _flush(chunk)
 
 
 def _flush(chunk: _Connection) -> None:
-    """Record the outcomes not yet recorded (normally they go with the next claim, in one
-    transaction)."""
+    """Record the outcomes not yet recorded (normally they go with the next hand-over or claim,
+    in one transaction)."""
     if chunk.unrecorded:
-        chunk.store.record(chunk.unrecorded)
+        record = chunk.unrecorded
+        _ledger(chunk, lambda: chunk.store.record(record, token=chunk.token))
     _recorded(chunk)
+
+
+def _hand_over(chunk: _Connection, claim: Claim) -> bool:
+    """Before a message goes on the wire: mark its row handed over, with the outcomes not yet
+    recorded, in one transaction. After a crash only rows handed over are in doubt (at most
+    the one in flight per connection, and its predecessor if its reply had come but was not
+    yet recorded); every row only reserved is sent on resume. False when this sender no
+    longer holds the row (a resume elsewhere took it back): it is left alone."""
+    record = chunk.unrecorded
+    done = _ledger(
+        chunk,
+        lambda: chunk.store.exchange(
+            chunk.run_id, token=chunk.token, record=record, hand_over=[claim.id]
+        ),
+    )
+    _recorded(chunk)
+    return claim.id in done.handed
+
+
+def _ledger(chunk: _Connection, call: Callable[[], T]) -> T:
+    """A ledger call; while the database cannot be reached, wait and try again (the same
+    call: claims, hand-overs and records are safe to repeat), counted against the run's retry
+    time. When that is used up the run stops (``mailcast resume`` continues it)."""
+    control = chunk.control
+    failures = 0
+    while True:
+        try:
+            return call()
+        except LedgerUnavailable as exc:
+            failures += 1
+            if control.retry_time_left() <= 0:
+                control.stop(
+                    RunStopped(
+                        f"the ledger database could not be reached; the run's retry time"
+                        f" ({control.max_retry_seconds:g}s) is used up: {exc.message}",
+                        where=exc.where,
+                        hint=f"start the database, then `mailcast resume {chunk.run_id}` (rows"
+                        " not yet sent are sent; none is sent twice)",
+                    )
+                )
+                raise control.stopped from exc  # type: ignore[misc]
+            delay = min(backoff(failures, control.retry_base), 5.0, control.retry_time_left())
+            log.warning("%s; trying again in %.1fs", exc, delay)
+            control.sleep(max(delay, 0.05))
 
 
 def _recorded(chunk: _Connection) -> None:

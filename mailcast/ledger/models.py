@@ -141,6 +141,11 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The send engine's claim on a `sending` row: which sender holds it (a token per chunk and
+    # process) and when its message was handed to the transport. A claimed row with no
+    # handed_at was only reserved: nothing of its message left, and a resume sends it.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    handed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Event(Base):

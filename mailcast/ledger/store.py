@@ -17,7 +17,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
 
@@ -25,15 +25,19 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    String,
     Table,
     bindparam,
+    case,
     func,
     insert,
+    or_,
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from mailcast.errors import RunNotFoundError
+from mailcast.errors import LedgerUnavailable, RunNotFoundError
 from mailcast.ledger.models import (
     FAILED,
     PENDING,
@@ -171,18 +175,30 @@ def _copy_deliveries(
 
 # The send engine's two statements per batch on Postgres, as plain SQL (no statement building
 # per batch; psycopg prepares them after a few uses). Same effect as ``_claim`` and ``record``.
+# A claim takes pending rows, and rows this sender (``token``) reserved but has not handed over:
+# a claim retried after a lost reply from the database takes its own rows again. Its time is
+# the database's (``now()``): a resume compares it with the server's start (``mark_unknown``).
 _PG_CLAIM_IDS = """
 WITH pick AS (
     SELECT id FROM deliveries
-    WHERE id = ANY(%(ids)s) AND (run_id || '') = %(run)s AND status = %(pending)s
+    WHERE id = ANY(%(ids)s) AND (run_id || '') = %(run)s AND (status = %(pending)s
+        OR (status = %(sending)s AND claim_token = %(token)s AND handed_at IS NULL))
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries AS d
-SET status = %(sending)s, attempts = d.attempts + 1, updated_at = %(now)s
+SET status = %(sending)s, updated_at = now(), claim_token = %(token)s, handed_at = NULL,
+    attempts = d.attempts + CASE WHEN d.status = %(pending)s THEN 1 ELSE 0 END
 FROM pick
-WHERE d.id = pick.id AND d.status = %(pending)s
+WHERE d.id = pick.id
 RETURNING d.id, d.row_no, d.address, d.fields, d.attempts
+"""
+# The hand-over: the message of a claimed row is about to go on the wire. Only a row this
+# sender still holds (a resume elsewhere may have taken a reserved row back).
+_PG_HAND_OVER = """
+UPDATE deliveries SET handed_at = %(now)s
+WHERE id = ANY(%(ids)s) AND status = %(sending)s AND claim_token = %(token)s
+RETURNING id
 """
 # Starts like SQLAlchemy's "UPDATE deliveries SET status=…" (tests/test_chaos.py finds open
 # outcome commits in pg_stat_activity by that, and by smtp_code).
@@ -195,12 +211,16 @@ _PG_RECORD = (
     " %(reply)s::text[], %(stage)s::text[], %(mid)s::text[])"
     " AS v(id, status, reason, code, reply, stage, mid)"
     " WHERE deliveries.id = v.id"
+    " AND (%(token)s::text IS NULL OR deliveries.claim_token = %(token)s)"
 )
 
 
 _RECORD = (
     update(D)
-    .where(D.c.id == bindparam("b_id"))
+    .where(
+        D.c.id == bindparam("b_id"),
+        or_(bindparam("b_token", type_=String) == None, D.c.claim_token == bindparam("b_token")),  # noqa: E711
+    )
     .values(
         status=bindparam("b_status"),
         reason=bindparam("b_reason"),
@@ -219,16 +239,31 @@ def _unindexed(column: Any) -> Any:
     return column.concat("")
 
 
+@dataclass
+class Exchanged:
+    """What one ledger transaction of the engine did: the rows it claimed, and the ids it
+    handed over (those the sender still held)."""
+
+    claims: list[Claim] = field(default_factory=list)
+    handed: set[int] = field(default_factory=set)
+
+
 class Store(Protocol):
     """What the send engine needs from the ledger."""
 
     def pending_ids(self, run_id: str, lo: int, hi: int) -> list[int]: ...
 
-    def claim_ids(
-        self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()
-    ) -> list[Claim]: ...
+    def exchange(
+        self,
+        run_id: str,
+        *,
+        token: str | None,
+        record: Sequence[Outcome] = (),
+        claim: Sequence[int] = (),
+        hand_over: Sequence[int] = (),
+    ) -> Exchanged: ...
 
-    def record(self, outcomes: Sequence[Outcome]) -> None: ...
+    def record(self, outcomes: Sequence[Outcome], *, token: str | None = None) -> None: ...
 
 
 class Ledger:
@@ -377,6 +412,7 @@ class Ledger:
         where: Callable[[Any], Any],
         limit: int | None,
         conn: Connection | None = None,
+        token: str | None = None,
     ) -> list[Claim]:
         # Pick in a CTE (materialized once): a plain `IN (SELECT … SKIP LOCKED)` subquery may be
         # rescanned by Postgres and then takes more rows than LIMIT. `where` narrows the ids
@@ -385,8 +421,11 @@ class Ledger:
         # index, which holds every pending row of the run (a fresh run has no statistics, and
         # that plan made each claim scan the whole run: ~30 ms per claim at 20,000 rows).
         P = D.alias("p")
+        mine = (P.c.status == SENDING) & (P.c.claim_token == token) & P.c.handed_at.is_(None)
         pick = select(P.c.id).where(
-            where(P), _unindexed(P.c.run_id) == run_id, P.c.status == PENDING
+            where(P),
+            _unindexed(P.c.run_id) == run_id,
+            (P.c.status == PENDING) | mine if token is not None else P.c.status == PENDING,
         )
         pick = pick.order_by(P.c.id)
         if limit is not None:
@@ -396,8 +435,14 @@ class Ledger:
         picked = pick.cte("pick")
         stmt = (
             update(D)
-            .where(D.c.id == picked.c.id, D.c.status == PENDING)
-            .values(status=SENDING, attempts=D.c.attempts + 1, updated_at=utcnow())
+            .where(D.c.id == picked.c.id)
+            .values(
+                status=SENDING,
+                attempts=D.c.attempts + case((D.c.status == PENDING, 1), else_=0),
+                updated_at=utcnow(),
+                claim_token=token,
+                handed_at=None,
+            )
             .returning(D.c.id, D.c.row_no, D.c.address, D.c.fields, D.c.attempts)
         )
         if conn is None:
@@ -408,31 +453,88 @@ class Ledger:
         return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def claim_ids(
-        self, run_id: str, ids: Sequence[int], *, record: Sequence[Outcome] = ()
+        self,
+        run_id: str,
+        ids: Sequence[int],
+        *,
+        record: Sequence[Outcome] = (),
+        token: str | None = None,
     ) -> list[Claim]:
         """Take those of ``ids`` that are still pending (others may have taken some). With
         ``record``, the previous batch's outcomes are written first, in the same transaction
         (one commit per batch instead of two)."""
-        if not ids and not record:
-            return []
-        with self.engine.begin() as conn:
-            if record:
-                self._record(conn, record)
-            if not ids:
-                return []
-            if not self.is_postgres:
-                return self._claim(run_id, lambda t: t.c.id.in_(list(ids)), None, conn)
-            # the send engine's hot path on Postgres: one prepared statement
-            params = {
-                "ids": list(ids),
-                "run": run_id,
-                "now": utcnow(),
-                "pending": PENDING,
-                "sending": SENDING,
-            }
-            rows = list(conn.exec_driver_sql(_PG_CLAIM_IDS, params).all())
+        return self.exchange(run_id, token=token, record=record, claim=ids).claims
+
+    def exchange(
+        self,
+        run_id: str,
+        *,
+        token: str | None,
+        record: Sequence[Outcome] = (),
+        claim: Sequence[int] = (),
+        hand_over: Sequence[int] = (),
+    ) -> Exchanged:
+        """The send engine's one transaction: record outcomes, claim rows (pending, or reserved
+        earlier by ``token``: marked ``sending``, nothing sent yet), and hand rows over (their
+        messages are about to go on the wire: ``handed_at``), in that order.
+
+        A transaction that claims is committed durably before any of its rows is sent. One
+        that only records and hands over is committed without waiting for the disk on
+        Postgres (``synchronous_commit = off``): it is visible at once and survives a crash of
+        mailcast, and a crash of Postgres before it reached the disk is detected by
+        ``mark_unknown``, which then trusts no reservation. A lost connection raises
+        ``LedgerUnavailable``; the whole exchange can then be tried again as it was."""
+        done = Exchanged()
+        if not (record or claim or hand_over):
+            return done
+        try:
+            with self.engine.begin() as conn:
+                if self.is_postgres and not claim:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                if record:
+                    self._record(conn, record, token)
+                if claim:
+                    done.claims = self._claim_ids(conn, run_id, claim, token)
+                if hand_over:
+                    done.handed = self._hand_over(conn, hand_over, token)
+        except DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+                raise LedgerUnavailable(
+                    f"the ledger database cannot be reached: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}",
+                    where=self.where,
+                    hint="check that the database is up; the run waits for it and continues",
+                ) from exc
+            raise
+        return done
+
+    def _claim_ids(
+        self, conn: Connection, run_id: str, ids: Sequence[int], token: str | None
+    ) -> list[Claim]:
+        if not self.is_postgres:
+            return self._claim(run_id, lambda t: t.c.id.in_(list(ids)), None, conn, token)
+        # the send engine's hot path on Postgres: one prepared statement
+        params = {
+            "ids": list(ids),
+            "run": run_id,
+            "pending": PENDING,
+            "sending": SENDING,
+            "token": token,
+        }
+        rows = list(conn.exec_driver_sql(_PG_CLAIM_IDS, params).all())
         rows.sort(key=lambda r: r[0])
         return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def _hand_over(self, conn: Connection, ids: Sequence[int], token: str | None) -> set[int]:
+        if self.is_postgres:
+            params = {"ids": list(ids), "sending": SENDING, "token": token, "now": utcnow()}
+            return {r[0] for r in conn.exec_driver_sql(_PG_HAND_OVER, params)}
+        stmt = (
+            update(D)
+            .where(D.c.id.in_(list(ids)), D.c.status == SENDING, D.c.claim_token == token)
+            .values(handed_at=utcnow())
+            .returning(D.c.id)
+        )
+        return set(conn.execute(stmt).scalars())
 
     def all_pending_ids(self, run_id: str) -> Sequence[int]:
         """Every pending row id of the run, in order, as a compact array (8 bytes a row)."""
@@ -457,14 +559,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write the outcomes of a batch: one statement, one commit."""
-        if not outcomes:
-            return
-        with self.engine.begin() as conn:
-            self._record(conn, outcomes)
+    def record(self, outcomes: Sequence[Outcome], *, token: str | None = None) -> None:
+        """Write the outcomes of a batch: one statement, one commit. With ``token``, only rows
+        that sender still holds are written."""
+        self.exchange("", token=token, record=outcomes)
 
-    def _record(self, conn: Connection, outcomes: Sequence[Outcome]) -> None:
+    def _record(
+        self, conn: Connection, outcomes: Sequence[Outcome], token: str | None = None
+    ) -> None:
         now = utcnow()
         if self.is_postgres:  # the batch's outcomes as arrays in one UPDATE … FROM unnest(…)
             conn.exec_driver_sql(
@@ -479,6 +581,7 @@ class Ledger:
                     "mid": [o.message_id for o in outcomes],
                     "now": now,
                     "sent": str(SENT),
+                    "token": token,
                 },
             )
         else:
@@ -493,6 +596,7 @@ class Ledger:
                     "b_mid": o.message_id,
                     "b_now": now,
                     "b_sent": now if o.status == SENT else None,
+                    "b_token": token,
                 }
                 for o in outcomes
             ]
@@ -503,11 +607,29 @@ class Ledger:
     # -- recovery ---------------------------------------------------------------------------
 
     def mark_unknown(self, run_id: str) -> int:
-        """Rows left ``sending`` by a crashed process may or may not have been delivered."""
+        """After a crash: rows whose message was handed over (``sending`` with ``handed_at``)
+        may or may not have been delivered: ``unknown``. Rows a sender had only reserved go
+        back to pending (nothing of them left), unless the database itself restarted since
+        they were claimed (on Postgres a hand-over is committed without waiting for the disk,
+        so a crash of the server may have lost one): then they are ``unknown`` too. Returns
+        how many rows became unknown."""
+        sending = [D.c.run_id == run_id, D.c.status == SENDING]
+        reserved = [*sending, D.c.handed_at.is_(None)]
         with self.engine.begin() as conn:
+            if self._reservations_trusted(conn, reserved):
+                conn.execute(
+                    update(D)
+                    .where(*reserved)
+                    .values(
+                        status=PENDING,
+                        attempts=D.c.attempts - 1,
+                        claim_token=None,
+                        updated_at=utcnow(),
+                    )
+                )
             result = conn.execute(
                 update(D)
-                .where(D.c.run_id == run_id, D.c.status == SENDING)
+                .where(*sending)
                 .values(
                     status=UNKNOWN,
                     reason="in flight when the run was interrupted; may have been delivered",
@@ -515,6 +637,18 @@ class Ledger:
                 )
             )
         return result.rowcount or 0
+
+    def _reservations_trusted(self, conn: Connection, reserved: list[Any]) -> bool:
+        """Whether ``handed_at`` can be trusted for the reserved rows: always on SQLite (a commit
+        is in the file), on Postgres when the server has been up since the oldest of them was
+        claimed (claims take the server's clock)."""
+        if not self.is_postgres:
+            return True
+        oldest = conn.execute(select(func.min(D.c.updated_at)).where(*reserved)).scalar()
+        if oldest is None:
+            return True
+        started = conn.exec_driver_sql("SELECT pg_postmaster_start_time()").scalar()
+        return bool(started is not None and started < oldest)
 
     def reopen(self, run_id: str, statuses: Sequence[str], *, retryable_only: bool = False) -> int:
         """Put rows back to pending (``--resend-unknown``, ``retry --failed``). With
