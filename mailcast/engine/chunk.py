@@ -125,7 +125,7 @@ def send_chunk(
     work = ChunkWork(ledger.pending_ids(run_id, bounds[0], bounds[1]))
     threads = max(1, min(threads, len(work)))
     new_transport = _transports(target)
-    # the connections' claims share transactions (tasks/claim_group.py)
+    # the connections' claims and hand-overs share transactions (engine/claim_group.py)
     store: Store = ClaimGroup(ledger) if threads > 1 else ledger
     token = uuid.uuid4().hex  # this chunk's claims in the ledger (shared by its connections)
 
@@ -153,6 +153,8 @@ def send_chunk(
     except (RunStopped, AuthError, TlsError) as exc:
         ledger.set_run(run_id, note=str(exc))  # the summary shows it for a paused run
         raise
+    finally:
+        ledger.release(token)  # the chunk's hand-over connection
 
 
 def _in_threads(loop: Callable[[], ChunkResult], threads: int) -> ChunkResult:

@@ -12,7 +12,9 @@ processes resuming the same run never take the same row.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from array import array
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
 
+import psycopg
 from sqlalchemy import (
     Connection,
     DateTime,
@@ -35,6 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from mailcast.errors import LedgerUnavailable, RunNotFoundError
@@ -197,7 +201,7 @@ RETURNING d.id, d.row_no, d.address, d.fields, d.attempts
 # sender still holds (a resume elsewhere may have taken a reserved row back).
 _PG_HAND_OVER = """
 UPDATE deliveries SET handed_at = %(now)s
-WHERE id = ANY(%(ids)s) AND status = %(sending)s AND claim_token = %(token)s
+WHERE id = ANY(%(hand)s) AND status = %(sending)s AND claim_token = %(token)s
 RETURNING id
 """
 # Starts like SQLAlchemy's "UPDATE deliveries SET status=…" (tests/test_chaos.py finds open
@@ -213,6 +217,49 @@ _PG_RECORD = (
     " WHERE deliveries.id = v.id"
     " AND (%(token)s::text IS NULL OR deliveries.claim_token = %(token)s)"
 )
+
+# A hand-over on Postgres: the outcomes not yet recorded and the hand-over in one autocommit
+# statement (no BEGIN/COMMIT round trips), on a connection of its own (``_HandOverLine``).
+_PG_RECORD_AND_HAND_OVER = f"WITH recorded AS ({_PG_RECORD} RETURNING 1) {_PG_HAND_OVER}"
+
+
+class _HandOverLine:
+    """A sender's own connection for hand-overs (Postgres): autocommit, ``synchronous_commit``
+    off, one prepared statement per message. Used by one thread at a time (a ClaimGroup's
+    leader, or the one engine loop)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+        self.conn.execute("SET synchronous_commit TO OFF")
+
+    def hand_over(
+        self, ids: Sequence[int], token: str | None, record: Sequence[Outcome]
+    ) -> set[int]:
+        params = {**_record_params(record, token), "hand": list(ids), "sending": SENDING}
+        rows = self.conn.execute(_PG_RECORD_AND_HAND_OVER, params, prepare=True).fetchall()
+        return {r[0] for r in rows}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _record_params(outcomes: Sequence[Outcome], token: str | None) -> dict[str, Any]:
+    return {
+        "ids": [o.id for o in outcomes],
+        "status": [str(o.status) for o in outcomes],
+        "reason": [o.reason for o in outcomes],
+        "code": [o.smtp_code for o in outcomes],
+        "reply": [o.smtp_reply for o in outcomes],
+        "stage": [o.smtp_stage and str(o.smtp_stage) for o in outcomes],
+        "mid": [o.message_id for o in outcomes],
+        "now": utcnow(),
+        "sent": str(SENT),
+        "token": token,
+    }
 
 
 _RECORD = (
@@ -275,6 +322,8 @@ class Ledger:
         # fault injection for the chaos test (Settings.fault_commit_pause): never set in production
         self._commit_pause = get_settings().fault_commit_pause
         ensure_schema(self.engine, create=create)
+        self._lines: dict[str | None, _HandOverLine] = {}
+        self._lines_lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -488,6 +537,9 @@ class Ledger:
         if not (record or claim or hand_over):
             return done
         try:
+            if self.is_postgres and hand_over and not claim:
+                done.handed = self._line(token).hand_over(hand_over, token, record)
+                return done
             with self.engine.begin() as conn:
                 if self.is_postgres and not claim:
                     conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
@@ -497,6 +549,13 @@ class Ledger:
                     done.claims = self._claim_ids(conn, run_id, claim, token)
                 if hand_over:
                     done.handed = self._hand_over(conn, hand_over, token)
+        except psycopg.OperationalError as exc:  # the hand-over line's own connection
+            self.release(token)
+            raise LedgerUnavailable(
+                f"the ledger database cannot be reached: {str(exc).strip().splitlines()[0]}",
+                where=self.where,
+                hint="check that the database is up; the run waits for it and continues",
+            ) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
                 raise LedgerUnavailable(
@@ -506,6 +565,20 @@ class Ledger:
                 ) from exc
             raise
         return done
+
+    def _line(self, token: str | None) -> _HandOverLine:
+        with self._lines_lock:
+            line = self._lines.get(token)
+            if line is None:
+                line = self._lines[token] = _HandOverLine(self.url)
+            return line
+
+    def release(self, token: str | None) -> None:
+        """Close the hand-over connection of sender ``token`` (when its chunk is done)."""
+        with self._lines_lock:
+            line = self._lines.pop(token, None)
+        if line is not None:
+            line.close()
 
     def _claim_ids(
         self, conn: Connection, run_id: str, ids: Sequence[int], token: str | None
@@ -526,7 +599,7 @@ class Ledger:
 
     def _hand_over(self, conn: Connection, ids: Sequence[int], token: str | None) -> set[int]:
         if self.is_postgres:
-            params = {"ids": list(ids), "sending": SENDING, "token": token, "now": utcnow()}
+            params = {"hand": list(ids), "sending": SENDING, "token": token, "now": utcnow()}
             return {r[0] for r in conn.exec_driver_sql(_PG_HAND_OVER, params)}
         stmt = (
             update(D)
@@ -569,21 +642,7 @@ class Ledger:
     ) -> None:
         now = utcnow()
         if self.is_postgres:  # the batch's outcomes as arrays in one UPDATE … FROM unnest(…)
-            conn.exec_driver_sql(
-                _PG_RECORD,
-                {
-                    "ids": [o.id for o in outcomes],
-                    "status": [str(o.status) for o in outcomes],
-                    "reason": [o.reason for o in outcomes],
-                    "code": [o.smtp_code for o in outcomes],
-                    "reply": [o.smtp_reply for o in outcomes],
-                    "stage": [o.smtp_stage and str(o.smtp_stage) for o in outcomes],
-                    "mid": [o.message_id for o in outcomes],
-                    "now": now,
-                    "sent": str(SENT),
-                    "token": token,
-                },
-            )
+            conn.exec_driver_sql(_PG_RECORD, _record_params(outcomes, token))
         else:
             params = [
                 {
