@@ -238,7 +238,7 @@ class _HandOverLine:
     def hand_over(
         self, ids: Sequence[int], token: str | None, record: Sequence[Outcome]
     ) -> set[int]:
-        params = {**_record_params(record, token), "hand": list(ids), "sending": SENDING}
+        params = {**_record_params(record, token), "hand": list(ids), "sending": str(SENDING)}
         rows = self.conn.execute(_PG_RECORD_AND_HAND_OVER, params, prepare=True).fetchall()
         return {r[0] for r in rows}
 
@@ -599,7 +599,7 @@ class Ledger:
 
     def _hand_over(self, conn: Connection, ids: Sequence[int], token: str | None) -> set[int]:
         if self.is_postgres:
-            params = {"hand": list(ids), "sending": SENDING, "token": token, "now": utcnow()}
+            params = {"hand": list(ids), "sending": str(SENDING), "token": token, "now": utcnow()}
             return {r[0] for r in conn.exec_driver_sql(_PG_HAND_OVER, params)}
         stmt = (
             update(D)
