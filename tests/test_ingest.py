@@ -1,4 +1,4 @@
-"""mailcast.recipients.sources: CSV/TSV/XLSX/SQL recipient sources, their error messages and a round-trip property."""
+"""mailcast.recipients (csv_source, xlsx_source, sql_source): CSV/TSV/XLSX/SQL recipient sources, their error messages and a round-trip property."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailcast.errors import SourceError, SpecError
-from mailcast.recipients.sources import mask_url, read_recipients
+from mailcast.recipients.sources import read_recipients
+from mailcast.redact import redact_url
 from mailcast.spec import RecipientSource, SqlSource
 
 
@@ -488,9 +489,9 @@ def test_sql_connection_error_masks_password() -> None:
     assert "URL" in info.value.hint or "url" in info.value.hint
 
 
-def test_mask_url() -> None:
-    assert mask_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
-    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+def test_redact_url_masks_a_source_url() -> None:
+    assert redact_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

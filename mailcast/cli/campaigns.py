@@ -32,23 +32,15 @@ def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
     from mailcast.compose.mime import MessageBuilder
     from mailcast.compose.templates import CampaignTemplates
     from mailcast.engagement.suppression import suppressed_for
-    from mailcast.recipients.dedupe import dedupe_recipients
-    from mailcast.recipients.sources import read_recipients
-    from mailcast.recipients.validate import validate_recipients
+    from mailcast.recipients.prepare import checked_recipients
     from mailcast.spec import load_spec
 
     spec = load_spec(spec_path)
-    table = read_recipients(spec.recipients, spec.base_dir)
-    templates = CampaignTemplates(spec, table.columns)
-    MessageBuilder(spec)  # sender, attachments, sizes
-    table = dedupe_recipients(
-        validate_recipients(
-            table,
-            required=spec.recipients.required_columns,
-            suppressed=suppressed_for(settings_for(db).ledger_url()),
-            check_deliverability=spec.check_deliverability,
-        )
-    )
+    suppressed = suppressed_for(settings_for(db).ledger_url())
+    with checked_recipients(spec, suppressed=suppressed) as checked:
+        templates = CampaignTemplates(spec, checked.columns)
+        MessageBuilder(spec)  # sender, attachments, sizes
+        table = checked.table()
     return spec, table, templates
 
 

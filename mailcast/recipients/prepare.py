@@ -1,23 +1,66 @@
-"""Plan a run: open its ledger record and write one row per recipient (pending, or skipped with
-the reason), so every recipient has a recorded status before the first message leaves.
+"""The one prepare pipeline, and planning a run with it.
 
-``prepare_run`` is the campaign flow's whole way from the recipient data to the ledger, in one
-pass over the data: ingest → validate → dedupe → plan, each a generator step over the rows
-(``open_recipients``, ``validate_rows``, ``dedupe_rows``, ``Ledger.plan``), so only the row at
-hand is in memory, plus dedupe's set of addresses seen. A million rows take well under 1 GB.
+``checked_recipients`` is the way from the recipient data to checked rows: read → validate →
+dedupe, each a generator step over the rows (``open_recipients``, ``validate_rows``,
+``dedupe_rows``), so only the row at hand is in memory, plus dedupe's set of addresses seen. The
+CLI's ``validate`` and ``preview`` collect its rows into a table to show them; the campaign flow's
+``prepare_run`` streams them into the ledger (``Ledger.plan``): one row per recipient (pending, or
+skipped with the reason), so every recipient has a recorded status before the first message
+leaves. A million rows take well under 1 GB.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from mailcast.engagement.suppression import suppressed_for
 from mailcast.ledger.models import RunStatus, utcnow
 from mailcast.ledger.store import Ledger
-from mailcast.recipients import Recipient
+from mailcast.recipients.dedupe import dedupe_rows
+from mailcast.recipients.model import Recipient, RecipientTable, gc_paused
+from mailcast.recipients.sources import open_recipients
+from mailcast.recipients.validate import reason_category, validate_rows
 from mailcast.spec import CampaignSpec
 from mailcast.transport.factory import Target
+
+
+@dataclass
+class CheckedRows:
+    """The recipient data's ``columns`` (its checked header) and its ``rows``, each validated and
+    deduplicated as it is read (a row the checks reject carries its ``reason``)."""
+
+    source: str
+    columns: list[str]
+    rows: Iterator[Recipient]
+
+    def __iter__(self) -> Iterator[Recipient]:
+        return self.rows
+
+    def table(self) -> RecipientTable:
+        """Every remaining row, in memory (for showing them)."""
+        with gc_paused():
+            return RecipientTable(source=self.source, columns=self.columns, rows=list(self.rows))
+
+
+@contextlib.contextmanager
+def checked_recipients(
+    spec: CampaignSpec, *, suppressed: Collection[str] = frozenset()
+) -> Iterator[CheckedRows]:
+    """Open the campaign's recipient data and check its rows as they are read: read → validate
+    (``required_columns``, ``check_deliverability``, not in ``suppressed``) → dedupe. The header
+    and the required columns are checked on entering; leaving closes the source."""
+    source = spec.recipients
+    with open_recipients(source, spec.base_dir) as stream:
+        rows = validate_rows(
+            stream,
+            stream.columns,
+            required=source.required_columns,
+            suppressed=suppressed,
+            check_deliverability=spec.check_deliverability,
+        )
+        yield CheckedRows(stream.source, stream.columns, dedupe_rows(rows))
 
 
 @dataclass
@@ -70,37 +113,23 @@ def prepare_run(
     run_id: str | None = None,
     flow_run_id: str | None = None,
 ) -> Planned:
-    """Ingest, validate, dedupe and plan in one streaming pass over the recipient data."""
-    from mailcast.engagement.suppression import suppressed_for
-    from mailcast.recipients.dedupe import dedupe_rows
-    from mailcast.recipients.sources import open_recipients
-    from mailcast.recipients.validate import reason_category, validate_rows
-
+    """Read, check and plan in one streaming pass over the recipient data (``checked_recipients``
+    into ``plan_rows``). Addresses on the ledger's suppression list are skipped."""
     ledger = Ledger(database_url)
     suppressed = suppressed_for(database_url)  # the ledger's: every campaign skips them
-    source = spec.recipients
-    with open_recipients(source, spec.base_dir) as stream:
-        rows: Iterable[Recipient] = stream
-        rows = validate_rows(
-            rows,
-            stream.columns,
-            required=source.required_columns,
-            suppressed=suppressed,
-            check_deliverability=spec.check_deliverability,
-        )
-        rows = dedupe_rows(rows)
+    with checked_recipients(spec, suppressed=suppressed) as checked:
         planned = Planned(run_id or "")
-        rows = _tally(rows, planned, reason_category)
+        rows = _tally(checked.rows, planned)
         planned.run_id = plan_rows(
-            ledger, spec, rows, stream.columns, target, run_id=run_id, flow_run_id=flow_run_id
+            ledger, spec, rows, checked.columns, target, run_id=run_id, flow_run_id=flow_run_id
         )
     return planned
 
 
-def _tally(rows: Iterable[Recipient], planned: Planned, category: object) -> Iterator[Recipient]:
+def _tally(rows: Iterable[Recipient], planned: Planned) -> Iterator[Recipient]:
     outcomes = planned.outcomes
     for r in rows:
         planned.rows += 1
-        kind = "ok" if r.reason is None else category(r.reason)  # type: ignore[operator]
+        kind = "ok" if r.reason is None else reason_category(r.reason)
         outcomes[kind] = outcomes.get(kind, 0) + 1
         yield r

@@ -112,15 +112,16 @@ def validate_recipients(
     Results are cached per lower-cased address within one call (reused for the same spelling;
     another letter case is answered by the per-domain fast path).
     """
-    check = RowChecker(
+    rows = validate_rows(
+        table.rows,
         table.columns,
         required=required,
         suppressed=suppressed,
         check_deliverability=check_deliverability,
     )
     with gc_paused():
-        for r in table.rows:
-            check(r)
+        for _ in rows:
+            pass
     return table
 
 
