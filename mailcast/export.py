@@ -1,5 +1,10 @@
 """Exporting a run's per-recipient ledger: CSV, JSON, XLSX, Parquet. Streams in batches, so a
-1,000,000-row run exports with bounded memory."""
+1,000,000-row run exports with bounded memory.
+
+Recipient data is untrusted: in a CSV export, a text cell that a spreadsheet would read as a
+formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a
+leading ``'`` (the OWASP guidance on CSV injection), unless ``neutralize_formulas=False``. XLSX
+cells are typed: text is written as text, never as a formula."""
 
 from __future__ import annotations
 
@@ -16,6 +21,15 @@ from mailcast.ledger.store import Ledger
 
 FORMATS = ("csv", "json", "xlsx", "parquet")
 COLUMNS = list(Ledger.REPORT_COLUMNS)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_formula(value: Any) -> Any:
+    """``value`` as a spreadsheet shows it as text: a string a spreadsheet would evaluate as a
+    formula gets a leading single quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +47,11 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
-def export_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str) -> int:
-    """Write the rows to ``out`` in ``fmt``; returns the number of rows written."""
+def export_rows(
+    rows: Iterable[dict[str, Any]], out: Path, fmt: str, *, neutralize_formulas: bool = True
+) -> int:
+    """Write the rows to ``out`` in ``fmt``; returns the number of rows written. In CSV, cells
+    that start like a formula are prefixed with ``'`` unless ``neutralize_formulas`` is False."""
     if fmt not in FORMATS:
         raise SpecError(f"unknown format {fmt!r}", where="--format", hint=f"one of {FORMATS}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +61,10 @@ def export_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str) -> int:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             for row in rows:
-                writer.writerow(_flat(row))
+                flat = _flat(row)
+                if neutralize_formulas:
+                    flat = {k: neutralize_formula(v) for k, v in flat.items()}
+                writer.writerow(flat)
                 n += 1
     elif fmt == "json":
         with out.open("w", encoding="utf-8") as fh:
@@ -105,15 +125,25 @@ def export_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str) -> int:
     return n
 
 
-def export_run(ledger: Ledger, run_id: str, out: Path, fmt: str) -> int:
+def export_run(
+    ledger: Ledger, run_id: str, out: Path, fmt: str, *, neutralize_formulas: bool = True
+) -> int:
     run = ledger.run(run_id)
-    return export_rows(ledger.deliveries(run.id), out, fmt)
+    return export_rows(ledger.deliveries(run.id), out, fmt, neutralize_formulas=neutralize_formulas)
 
 
-def export_report(database_url: str, run_id: str, fmt: str, out: str | None) -> tuple[str, int]:
+def export_report(
+    database_url: str,
+    run_id: str,
+    fmt: str,
+    out: str | None,
+    *,
+    neutralize_formulas: bool = True,
+) -> tuple[str, int]:
     """Export run ``run_id`` (a unique prefix will do) to ``out`` (default
     ``mailcast-<run>.<fmt>``); returns the path and the number of rows."""
     ledger = Ledger(database_url)
     run = ledger.run(run_id)
     path = Path(out) if out else Path(f"mailcast-{run.id}.{fmt}")
-    return str(path), export_run(ledger, run.id, path, fmt)
+    written = export_run(ledger, run.id, path, fmt, neutralize_formulas=neutralize_formulas)
+    return str(path), written

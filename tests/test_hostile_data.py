@@ -152,3 +152,88 @@ def test_csv_field_limit_is_the_one_used_for_workbooks(tmp_path: Path) -> None:
 
     with pytest.raises(SourceError, match="field larger than field limit"):
         read_recipients(RecipientSource(path="r.csv"), tmp_path)
+
+
+HOSTILE_CELLS = [
+    "=cmd|'/C calc'!A0@example.com",
+    '=HYPERLINK("http://evil.example","click")',
+    "+1+1@example.com",
+    "-2+3@example.com",
+    "@SUM(1+1)@example.com",
+    "\t=1+1@example.com",
+    "\r=1+1@example.com",
+]
+
+
+def planned_hostile_run(tmp_path: Path) -> tuple[str, str]:
+    rows = [{"email": a, "name": "x"} for a in HOSTILE_CELLS] + [
+        {"email": "ok@example.com", "name": "=1+2"}
+    ]
+    spec_path = write_campaign(tmp_path / "c", people(1), attachments=False)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["email", "name"])
+    writer.writeheader()
+    writer.writerows(rows)
+    (spec_path.parent / "data" / "recipients.csv").write_text(buf.getvalue(), encoding="utf-8")
+    text = spec_path.read_text(encoding="utf-8")
+    spec_path.write_text(text.replace("{{ first_name }}, your code {{ code }}", "Hi"), "utf-8")
+    for name in ("body.html.j2", "body.txt.j2"):
+        (spec_path.parent / "templates" / name).write_text("Hi", encoding="utf-8")
+    db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    planned = prepare_run(db, load_spec(spec_path), Target(outbox=str(tmp_path / "o")))
+    return db, planned.run_id
+
+
+def test_csv_report_neutralizes_formulas_unless_raw(tmp_path: Path) -> None:
+    """`mailcast report --format csv` writes recipient-provided cells that a spreadsheet would
+    run as a formula with a leading single quote (OWASP); `--raw` writes them verbatim."""
+    from typer.testing import CliRunner
+
+    from mailcast.cli import app
+
+    db, run_id = planned_hostile_run(tmp_path)
+    out, raw_out = tmp_path / "r.csv", tmp_path / "raw.csv"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["report", run_id, "--format", "csv", "--out", str(out), "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["report", run_id, "--format", "csv", "--out", str(raw_out), "--db", db, "--raw"]
+    )
+    assert result.exit_code == 0, result.output
+
+    with out.open(newline="", encoding="utf-8") as fh:
+        safe = list(csv.DictReader(fh))
+    with raw_out.open(newline="", encoding="utf-8") as fh:
+        raw = list(csv.DictReader(fh))
+    addresses = [r["address"] for r in safe]
+    for cell in HOSTILE_CELLS:
+        stored = cell.strip()  # the reader strips each field
+        if stored[0] in "=+-@":
+            assert "'" + stored in addresses, addresses
+        assert stored in [r["address"] for r in raw]
+    for row in safe:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert sum(1 for r in raw if r["address"].startswith("=")) >= 2
+
+
+def test_xlsx_report_keeps_formula_like_cells_as_text(tmp_path: Path) -> None:
+    """XLSX cells are typed: the hostile values are text cells, never formulas."""
+    from openpyxl import load_workbook
+
+    from mailcast.export import export_report
+
+    db, run_id = planned_hostile_run(tmp_path)
+    path, n = export_report(db, run_id, "xlsx", str(tmp_path / "r.xlsx"))
+    assert n == len(HOSTILE_CELLS) + 1
+    sheet = load_workbook(path).active
+    assert sheet is not None
+    cells = [c for row in sheet.iter_rows(min_row=2) for c in row]
+    formula_like = [c for c in cells if isinstance(c.value, str) and c.value[:1] in "=+-@"]
+    assert len(formula_like) >= 5
+    for c in cells:
+        assert c.data_type != "f", (c.coordinate, c.value)
+    with zipfile.ZipFile(path) as z:
+        assert b"<f>" not in z.read("xl/worksheets/sheet1.xml")

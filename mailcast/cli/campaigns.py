@@ -230,6 +230,14 @@ def report(
         Path | None,
         typer.Option("--html", help="Write the engagement report page (charts) to this file"),
     ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="CSV: write cells as they are (by default a cell starting with = + - @ gets a "
+            "leading ' so spreadsheets do not run it as a formula)",
+        ),
+    ] = False,
 ) -> None:
     """Export a run's per-recipient ledger (or, with --html, its engagement report page)."""
     from mailcast.export import export_report
@@ -240,7 +248,11 @@ def report(
         write_html_report(settings, run_id, html_out)
         return
     target, n = export_report(
-        settings.ledger_url(), run_id, fmt, str(out_file) if out_file else None
+        settings.ledger_url(),
+        run_id,
+        fmt,
+        str(out_file) if out_file else None,
+        neutralize_formulas=not raw,
     )
     out.print(f"wrote {n} rows to {target}")
 
