@@ -22,13 +22,18 @@ The HTML body is autoescaped; the subject, text body and headers are not (they a
 Rendering is bounded: every loop iteration and every call counts against a budget (at most
 ``_MAX_STEPS`` of them and ``_MAX_RENDER_SECONDS`` per template per recipient), the output may
 not grow past ``_MAX_OUTPUT`` characters, and the operations that build large strings in one
-step (``*``, ``+``, ``~``, ``%``, padding, ``join``, ``replace``, format widths, ``lipsum``) are
-refused beyond ``_MAX_SEQUENCE``. A template that goes past a bound fails with a TemplateError
-naming it and the line.
+step (``*``, ``+``, ``~``, ``%``, padding, ``join``, ``replace``, format widths, nested ones
+included, ``lipsum``) are refused beyond ``_MAX_SEQUENCE``. Integers may not grow past
+``_MAX_INT_BITS`` (``**``, ``*``, ``+``). Filters and the str methods that split do the work of
+one step in C, out of the budget's sight: they refuse an input longer than ``_MAX_FILTER_INPUT``
+(a lazy input, such as ``map``'s output, is counted item by item) and a number argument beyond
+``_MAX_SEQUENCE`` (``batch(10**9)``, ``slice(10**9)``). A template that goes past a bound fails
+with a TemplateError naming it and the line.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
@@ -36,7 +41,8 @@ import string
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -45,7 +51,12 @@ from jinja2 import StrictUndefined, nodes
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.meta import find_undeclared_variables
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
+from markupsafe import Markup
 
 from mailcast.errors import SpecError, TemplateError
 from mailcast.recipients import Recipient
@@ -63,6 +74,13 @@ BUILTIN_NAMES: tuple[str, ...] = (
 _FILENAME_PREFIX = "<mailcast-template:"  # code-object file name: finds a template's frame
 _MAX_SEQUENCE = 1_000_000  # "x" * n in a template may not build anything longer than this
 _MAX_EXPONENT = 1_000
+_MAX_INT_BITS = 100_000  # ~30,000 digits: more than any template needs, cheap to compute
+# The longest string, list or mapping a filter (or str.split) takes: above a recipient field's
+# limit (131,072 characters), well below what makes one C-level step slow or large.
+_MAX_FILTER_INPUT = 256 * 1024
+# Filters that are O(1) whatever their input's size.
+_CHEAP_FILTERS = frozenset({"length", "count", "default", "d", "first", "last", "random", "safe"})
+_SPLITTING_METHODS = frozenset({"split", "rsplit", "splitlines"})
 _MAX_OUTPUT = 20_000_000  # characters one template may render (a message is at most 10 MB)
 _MAX_STEPS = 1_000_000  # loop iterations + calls per template per recipient
 _MAX_RENDER_SECONDS = 2.0  # per template per recipient
@@ -128,6 +146,35 @@ def _check_percent(fmt: str, args: Any) -> None:
                     _too_long(abs(value))
 
 
+def _check_format_spec(spec: str) -> None:
+    """A resolved format spec (nested ``{w}`` already replaced): no width or precision of a
+    million or more."""
+    if spec and _BIG_WIDTH.search(spec):
+        raise SecurityError("a format width in the template is too large")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """``str.format`` in templates: each field's spec is checked once its nested fields
+    (``'{:>{w}}'``) are filled in."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _check_format_spec(format_spec)
+        _check_int(value)
+        return super().format_field(value, format_spec)
+
+
+class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
+    pass
+
+
+def _check_int(value: Any) -> Any:
+    """An integer a template computed: refused when it is too big (its arithmetic, and turning
+    it into text, would take seconds)."""
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise SecurityError(f"a number computed by the template has over {_MAX_INT_BITS:,} bits")
+    return value
+
+
 def _check_format(fmt: str) -> None:
     """``fmt.format(...)``: no width or precision of a million or more."""
     try:
@@ -152,13 +199,17 @@ def _check_str_call(target: str, name: str, args: tuple[Any, ...], kwargs: dict[
             _too_long(len(target) + count * max(len(new) - len(old), 0))
     elif name in ("format", "format_map"):
         _check_format(target)
+    elif name in _SPLITTING_METHODS and len(target) > _MAX_FILTER_INPUT:
+        raise SecurityError(
+            f"{name}() of a string of {len(target):,} characters is too much for a template"
+        )
 
 
 def _str_method(value: Any) -> Any:
     """A str method that can build a large string, wrapped to check its arguments first."""
     name = getattr(value, "__name__", "")
     if name not in ("ljust", "rjust", "center", "zfill", "expandtabs", "replace", "join",
-                    "format", "format_map"):  # fmt: skip
+                    "format", "format_map", "split", "rsplit", "splitlines"):  # fmt: skip
         return value
     bound = getattr(value, "__wrapped__", value)  # the sandbox wraps str.format already
     target = getattr(bound, "__self__", None)
@@ -218,6 +269,38 @@ def _bounded_filters(filters: dict[str, Callable[..., Any]]) -> None:
             if hasattr(original, attr):
                 setattr(wrapper, attr, getattr(original, attr))
         filters[name] = wrapper
+    for name, function in list(filters.items()):
+        filters[name] = _input_bounded(name, function)
+
+
+def _input_bounded(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a filter) refusing an input longer than ``_MAX_FILTER_INPUT`` and a number
+    argument beyond ``_MAX_SEQUENCE``; a lazy input (an iterator: the output of ``map``,
+    ``select``, ...) is counted item by item against the budget. Each call is a step."""
+    passes = hasattr(function, "jinja_pass_arg")  # the first argument is the context
+    first = 1 if passes else 0
+    cheap = name in _CHEAP_FILTERS
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        if len(args) > first:
+            value = args[first]
+            if isinstance(value, Iterator):
+                args = (*args[:first], _guarded_iter(value), *args[first + 1 :])
+            elif not cheap and isinstance(value, Sized) and len(value) > _MAX_FILTER_INPUT:
+                raise SecurityError(
+                    f"the filter {name!r} was given {len(value):,} characters or items; "
+                    f"at most {_MAX_FILTER_INPUT:,} in a template"
+                )
+            for arg in (*args[first + 1 :], *kwargs.values()):
+                if isinstance(arg, int) and abs(arg) > _MAX_SEQUENCE:
+                    raise SecurityError(f"the filter {name!r} was given the number {arg:,}")
+        return function(*args, **kwargs)
+
+    if passes:
+        bounded.jinja_pass_arg = function.jinja_pass_arg  # type: ignore[attr-defined]
+    bounded.__name__ = getattr(function, "__name__", name)
+    return bounded
 
 
 def is_template(value: str) -> bool:
@@ -257,6 +340,16 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if operator_ == "**":
             if isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
                 raise SecurityError(f"exponent {right} is too large for a template")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and abs(left) > 1
+                and right > 0
+                and (abs(left).bit_length() - 1) * right > _MAX_INT_BITS
+            ):
+                raise SecurityError(
+                    f"a number computed by the template has over {_MAX_INT_BITS:,} bits"
+                )
             return operator.pow(left, right)
         if operator_ == "*":
             for seq, n in ((left, right), (right, left)):
@@ -266,16 +359,55 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                     and len(seq) * n > _MAX_SEQUENCE
                 ):
                     raise SecurityError("repetition is too large for a template")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > _MAX_INT_BITS + 1
+            ):
+                raise SecurityError(
+                    f"a number computed by the template has over {_MAX_INT_BITS:,} bits"
+                )
             return operator.mul(left, right)
         if operator_ == "+":
             if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
                 return _capped(operator.add(left, right))
-            return operator.add(left, right)
+            return _check_int(operator.add(left, right))
         if operator_ == "%":
             if isinstance(left, str):
                 _check_percent(left, right)
             return operator.mod(left, right)
         return super().call_binop(context, operator_, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """The sandbox's ``str.format``/``format_map``, with every field's spec checked after
+        its nested fields are filled in (``'{:>{w}}'.format('x', w=10**9)``)."""
+        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or (
+            value.__name__ not in ("format", "format_map")
+        ):
+            return None
+        target = value.__self__
+        if not isinstance(target, str):
+            return None
+        str_type: type[str] = type(target)
+        is_format_map = value.__name__ == "format_map"
+        formatter: _BoundedFormatter
+        if isinstance(target, Markup):
+            formatter = _BoundedEscapeFormatter(self, escape=target.escape)
+        else:
+            formatter = _BoundedFormatter(self)
+        vformat = formatter.vformat
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs:
+                    raise TypeError("format_map() takes no keyword arguments")
+                if len(args) != 1:
+                    raise TypeError(f"format_map() takes exactly one argument ({len(args)} given)")
+                kwargs = args[0]
+                args = ()
+            return str_type(vformat(target, args, kwargs))
+
+        return functools.update_wrapper(wrapper, value)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
