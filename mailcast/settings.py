@@ -7,11 +7,14 @@ see it at once)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -29,6 +32,22 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, description="smtp://user@host:port?security=...")
     smtp_password: SecretStr | None = None
     smtp_block: str | None = Field(default=None, description="Name of a saved SMTP server block")
+    campaign_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders campaign folders (a spec's base_dir) must be inside: a JSON list or "
+        "paths separated by the OS path separator (`:`). Default: the folder a spec was loaded "
+        "from, and the example `deployments/` folders. /proc, /sys and /dev never",
+    )
+
+    @field_validator("campaign_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p for p in text.split(os.pathsep) if p.strip()]
+        return value
 
     # tracking tokens (opens, clicks, unsubscribe, VERP): the sending worker and `mailcast serve`
     # need the same secret

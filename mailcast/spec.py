@@ -1,5 +1,14 @@
 """The campaign spec: one Pydantic model, read from YAML by the CLI and used as the flow parameter
-(the Prefect UI renders it as a nested form on a deployment's Run page)."""
+(the Prefect UI renders it as a nested form on a deployment's Run page).
+
+Files a campaign reads stay in its folder. A spec can come from an operator in the Prefect UI,
+who must not read the worker's files through it: every file a campaign reads (templates,
+attachments, the recipient file) must resolve, symlinks followed, inside the campaign folder
+(``base_dir``), and the campaign folder inside one of the campaign roots: the setting
+``campaign_roots`` (MAILCAST_CAMPAIGN_ROOTS), by default the folder a spec file was loaded from
+(in this process) and the example ``deployments/`` folders. Nothing under /proc, /sys or /dev,
+whatever the roots.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,107 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from mailcast.errors import SpecError
+from mailcast.errors import MailcastError, SpecError
+from mailcast.settings import get_settings
+
+PACKAGE = Path(__file__).resolve().parent
+NEVER = (Path("/proc"), Path("/sys"), Path("/dev"))
+# Folders of the spec files this process loaded (``load_spec``): trusted campaign roots by
+# default (whoever runs the CLI on a spec file can read that folder anyway).
+_loaded_folders: set[Path] = set()
+
+
+def default_campaign_roots() -> list[Path]:
+    """The campaign roots when the setting is empty: the folders spec files were loaded from in
+    this process, ``deployments/`` under the working directory (what ``prefect.yaml``'s
+    ``base_dir: deployments/example`` resolves against), the checkout's ``deployments/`` and the
+    installed example campaign."""
+    return [
+        *sorted(_loaded_folders),
+        Path.cwd() / "deployments",
+        PACKAGE.parent / "deployments",
+        PACKAGE / "example",
+    ]
+
+
+def campaign_roots(loaded_from: str | None = None) -> list[Path]:
+    """The folders a campaign folder must be inside (resolved)."""
+    configured = get_settings().campaign_roots
+    roots = list(configured) if configured else default_campaign_roots()
+    if loaded_from and not configured:
+        roots.append(Path(loaded_from))
+    return [_real(root.expanduser(), "campaign_roots", SpecError) for root in roots]
+
+
+def _real(path: Path, where: str, error: type[MailcastError]) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
+        raise error(f"cannot resolve {path}: {exc}", where=where) from None
+
+
+def _never(real: Path) -> bool:
+    return any(real == never or real.is_relative_to(never) for never in NEVER)
+
+
+def campaign_folder(base_dir: str | Path, *, loaded_from: str | None = None) -> Path:
+    """``base_dir`` resolved, checked to be inside a campaign root (and not in /proc, /sys,
+    /dev); raises SpecError naming ``base_dir`` and the path otherwise."""
+    real = _real(Path(base_dir).expanduser(), "base_dir", SpecError)
+    if _never(real):
+        raise SpecError(
+            f"the campaign folder {base_dir} is a system folder ({real}): campaigns never read"
+            " files under /proc, /sys or /dev",
+            where="base_dir",
+            hint="point `base_dir` at the campaign's own folder",
+        )
+    roots = campaign_roots(loaded_from)
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise SpecError(
+            f"the campaign folder {base_dir} (resolves to {real}) is outside the campaign roots: "
+            + ", ".join(str(r) for r in roots),
+            where="base_dir",
+            hint="put the campaign under a campaign root, or add its folder to "
+            "MAILCAST_CAMPAIGN_ROOTS (the setting `campaign_roots`) on the machine that runs it",
+        )
+    return real
+
+
+def campaign_file(
+    base_dir: str | Path,
+    relative: str,
+    *,
+    field: str,
+    error: type[MailcastError] = SpecError,
+    loaded_from: str | None = None,
+) -> Path:
+    """The file ``relative`` (as written in the spec's ``field``) resolved, symlinks followed,
+    and checked to be inside the campaign folder, itself inside a campaign root. Raises
+    ``error`` (where: the path as written) for a file outside the folder, SpecError for a
+    campaign folder outside the roots."""
+    base = campaign_folder(base_dir, loaded_from=loaded_from)
+    path = Path(relative).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir).expanduser() / path
+    real = _real(path, relative, error)
+    if _never(real) or not real.is_relative_to(base):
+        raise error(
+            f"`{field}`: the file is outside the campaign folder {base} (resolves to {real})",
+            where=relative,
+            hint="campaign files (templates, attachments, recipients) must be inside the"
+            " campaign folder `base_dir`",
+        )
+    return real
 
 
 class SqlSource(BaseModel):
@@ -202,10 +309,25 @@ class CampaignSpec(BaseModel):
             raise ValueError(f"{value!r} is not a plain address like unsubscribe@acme.example")
         return value
 
+    _loaded_from: str | None = PrivateAttr(default=None)  # set by load_spec, never by a dict
+
     def resolve(self, relative: str) -> Path:
-        """A path from the spec, resolved against the spec's folder."""
+        """A path from the spec, resolved against the spec's folder (not checked: see
+        ``campaign_file``)."""
         path = Path(relative).expanduser()
         return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def campaign_folder(self) -> Path:
+        """``base_dir``, resolved and checked to be inside a campaign root."""
+        return campaign_folder(self.base_dir, loaded_from=self._loaded_from)
+
+    def campaign_file(
+        self, relative: str, *, field: str, error: type[MailcastError] = SpecError
+    ) -> Path:
+        """A file the campaign reads, resolved and confined (see the module doc)."""
+        return campaign_file(
+            self.base_dir, relative, field=field, error=error, loaded_from=self._loaded_from
+        )
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -243,4 +365,8 @@ def load_spec(path: str | Path) -> CampaignSpec:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"not valid YAML: {problem}", where=where) from None
-    return spec_from_dict(data, where=str(path), base_dir=str(path.parent))
+    spec = spec_from_dict(data, where=str(path), base_dir=str(path.parent))
+    folder = path.parent.resolve()
+    _loaded_folders.add(folder)
+    spec._loaded_from = str(folder)
+    return spec

@@ -86,6 +86,9 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("MAILCAST_") and key != "MAILCAST_TEST_PG":
             monkeypatch.delenv(key)
     monkeypatch.setenv("MAILCAST_DATA_DIR", str(tmp_path / "data"))
+    # Specs built from dicts in tests name their tmp_path as the campaign folder: as an operator
+    # would, the suite configures it as a campaign root (tests of the default roots unset it).
+    monkeypatch.setenv("MAILCAST_CAMPAIGN_ROOTS", str(tmp_path))
 
 
 # -- the figures slow end-to-end tests print (chaos counts, soak counts) appear in CI's log ----

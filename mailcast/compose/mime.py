@@ -27,7 +27,6 @@ import time
 from binascii import b2a_base64, b2a_qp
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
-from pathlib import Path
 from urllib.parse import quote
 
 from mailcast.compose.templates import Rendered, is_template
@@ -304,17 +303,11 @@ def _filename_params(filename: str) -> tuple[str, str]:
     return f"name*={encoded}", f"filename*={encoded}"
 
 
-def _load_attachment(spec: CampaignSpec, base: Path, relative: str) -> tuple[bytes, int]:
-    """The encoded MIME part (headers + base64 body) and the file's size."""
+def _load_attachment(spec: CampaignSpec, relative: str) -> tuple[bytes, int]:
+    """The encoded MIME part (headers + base64 body) and the file's size. The file must be
+    inside the campaign folder, itself inside a campaign root (``spec.campaign_file``)."""
     path = spec.resolve(relative)
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
-        raise AttachmentError(f"cannot resolve the path: {exc}", where=relative) from None
-    if not real.is_relative_to(base):
-        raise AttachmentError(
-            f"the file is outside the campaign folder {base} (resolves to {real})", where=relative
-        )
+    real = spec.campaign_file(relative, field="attachments", error=AttachmentError)
     if not real.exists():
         raise AttachmentError(f"no such file ({path})", where=relative)
     if real.is_dir():
@@ -387,11 +380,10 @@ class MessageBuilder:
         self._head_static = b"".join(static)
 
         # Attachments: read, checked and encoded once.
-        base = Path(spec.base_dir).resolve()
         parts: list[bytes] = []
         total = 0
         for relative in spec.attachments:
-            part, _size = _load_attachment(spec, base, relative)
+            part, _size = _load_attachment(spec, relative)
             total += len(part)
             if total > self.max_message_bytes:
                 raise AttachmentError(

@@ -551,7 +551,7 @@ class CampaignTemplates:
     def _load_body(self, value: str, kind: str, env: _Sandbox) -> _Part:
         if looks_inline(value):
             return self._compile(kind, value, env)
-        path = self.spec.resolve(value)
+        path = self.spec.campaign_file(value, field=kind, error=TemplateError)
         if not path.is_file():
             raise TemplateError(
                 "template file not found",

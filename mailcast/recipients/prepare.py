@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from mailcast.engagement.suppression import suppressed_for
+from mailcast.errors import SourceError
 from mailcast.ledger.models import RunStatus, utcnow
 from mailcast.ledger.store import Ledger
 from mailcast.recipients.dedupe import dedupe_rows
@@ -50,8 +51,11 @@ def checked_recipients(
 ) -> Iterator[CheckedRows]:
     """Open the campaign's recipient data and check its rows as they are read: read → validate
     (``required_columns``, ``check_deliverability``, not in ``suppressed``) → dedupe. The header
-    and the required columns are checked on entering; leaving closes the source."""
+    and the required columns are checked on entering; leaving closes the source. A recipient
+    file must be inside the campaign folder (``CampaignSpec.campaign_file``)."""
     source = spec.recipients
+    if source.path is not None:  # inside the campaign folder, itself inside a campaign root
+        spec.campaign_file(source.path, field="recipients.path", error=SourceError)
     with open_recipients(source, spec.base_dir) as stream:
         rows = validate_rows(
             stream,

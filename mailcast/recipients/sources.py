@@ -14,7 +14,7 @@ from mailcast.recipients.model import RecipientTable
 from mailcast.recipients.sql_source import read_sql
 from mailcast.recipients.stream import RecipientStream
 from mailcast.recipients.xlsx_source import XLSX_SUFFIXES, read_xlsx
-from mailcast.spec import RecipientSource
+from mailcast.spec import RecipientSource, campaign_file
 
 SUPPORTED = ", ".join(CSV_SUFFIXES + XLSX_SUFFIXES)
 
@@ -23,8 +23,10 @@ __all__ = ["RecipientStream", "open_recipients", "read_columns", "read_recipient
 
 def open_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientStream:
     """Open ``source`` and read its header; the rows are read as the stream is iterated. A
-    relative ``source.path`` resolves against ``base_dir``. Problems with the source as a whole
-    (no such file, no header, the email column missing) raise here."""
+    relative ``source.path`` resolves against ``base_dir`` (not confined: campaigns read their
+    recipients through ``read_columns`` and ``prepare.checked_recipients``, which are).
+    Problems with the source as a whole (no such file, no header, the email column missing)
+    raise here."""
     if source.sql is not None:
         return read_sql(source)
     if source.path is None:  # pragma: no cover - RecipientSource guarantees one of the two
@@ -64,7 +66,11 @@ def open_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientS
 
 
 def read_columns(source: RecipientSource, base_dir: str | Path) -> list[str]:
-    """The recipient data's columns: its header, read and checked (the rows are not read)."""
+    """The campaign's recipient columns: its header, read and checked (the rows are not read).
+    A recipient file must be inside the campaign folder ``base_dir``, itself inside a campaign
+    root (``mailcast.spec.campaign_file``)."""
+    if source.path is not None:
+        campaign_file(base_dir, source.path, field="recipients.path", error=SourceError)
     with open_recipients(source, base_dir) as stream:
         return stream.columns
 
