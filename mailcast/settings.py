@@ -34,9 +34,10 @@ class Settings(BaseSettings):
     smtp_block: str | None = Field(default=None, description="Name of a saved SMTP server block")
     campaign_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
-        description="Folders campaign folders (a spec's base_dir) must be inside: a JSON list or "
-        "paths separated by the OS path separator (`:`). Default: the folder a spec was loaded "
-        "from, and the example `deployments/` folders. /proc, /sys and /dev never",
+        description="Folders campaign folders (a spec's base_dir) must be inside, besides the "
+        "folder of a spec file the CLI loaded: a JSON list or paths separated by the OS path "
+        "separator (`:`). Default: the example `deployments/` folders (under the working "
+        "directory, the checkout, the installed package). /proc, /sys and /dev never",
     )
 
     @field_validator("campaign_roots", mode="before")

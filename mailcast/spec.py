@@ -4,10 +4,10 @@
 Files a campaign reads stay in its folder. A spec can come from an operator in the Prefect UI,
 who must not read the worker's files through it: every file a campaign reads (templates,
 attachments, the recipient file) must resolve, symlinks followed, inside the campaign folder
-(``base_dir``), and the campaign folder inside one of the campaign roots: the setting
-``campaign_roots`` (MAILCAST_CAMPAIGN_ROOTS), by default the folder a spec file was loaded from
-(in this process) and the example ``deployments/`` folders. Nothing under /proc, /sys or /dev,
-whatever the roots.
+(``base_dir``), and the campaign folder inside one of the campaign roots: the folder a spec
+file was loaded from (by this process: a flow parameter cannot name one), and the setting
+``campaign_roots`` (MAILCAST_CAMPAIGN_ROOTS), by default the example ``deployments/`` folders.
+Nothing under /proc, /sys or /dev, whatever the roots.
 """
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ _loaded_folders: set[Path] = set()
 
 
 def default_campaign_roots() -> list[Path]:
-    """The campaign roots when the setting is empty: the folders spec files were loaded from in
-    this process, ``deployments/`` under the working directory (what ``prefect.yaml``'s
+    """The campaign roots when the setting is empty: ``deployments/`` under the working directory (what ``prefect.yaml``'s
     ``base_dir: deployments/example`` resolves against), the checkout's ``deployments/`` and the
     installed example campaign."""
     return [
-        *sorted(_loaded_folders),
         Path.cwd() / "deployments",
         PACKAGE.parent / "deployments",
         PACKAGE / "example",
@@ -51,10 +49,14 @@ def default_campaign_roots() -> list[Path]:
 
 
 def campaign_roots(loaded_from: str | None = None) -> list[Path]:
-    """The folders a campaign folder must be inside (resolved)."""
+    """The folders a campaign folder must be inside (resolved): the setting ``campaign_roots``
+    or, when it is empty, ``default_campaign_roots()``; plus, either way, the folders of the
+    spec files this process loaded (``loaded_from``, and ``load_spec``'s): a flow parameter
+    cannot add one, and whoever runs the CLI on a spec file can read its folder anyway."""
     configured = get_settings().campaign_roots
     roots = list(configured) if configured else default_campaign_roots()
-    if loaded_from and not configured:
+    roots += sorted(_loaded_folders)
+    if loaded_from:
         roots.append(Path(loaded_from))
     return [_real(root.expanduser(), "campaign_roots", SpecError) for root in roots]
 

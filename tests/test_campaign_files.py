@@ -202,16 +202,22 @@ def test_default_roots_hold_the_prefect_yaml_deployment_and_the_example(
 
 def test_configured_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MAILCAST_CAMPAIGN_ROOTS lists folders (separated by `:`, or a JSON list); a campaign
-    anywhere under one is accepted, elsewhere refused, a spec's own folder included."""
+    given as a flow parameter (a dict) anywhere under one is accepted, elsewhere refused; a
+    spec file loaded by this process adds its own folder."""
     a, b = tmp_path / "a", tmp_path / "b"
     spec_a = write_campaign(a / "camp", people(2))
-    spec_b = write_campaign(b / "camp", people(2))
+    write_campaign(b / "camp", people(2))
+    data = yaml.safe_load(spec_a.read_text(encoding="utf-8"))
     monkeypatch.setenv("MAILCAST_CAMPAIGN_ROOTS", f"{tmp_path / 'nothing'}{os.pathsep}{a}")
-    check_everything(load_spec(spec_a))
+    check_everything(spec_from_dict({**data, "base_dir": str(a / "camp")}))
     with pytest.raises(SpecError, match="outside the campaign roots"):
-        check_everything(load_spec(spec_b))
+        check_everything(spec_from_dict({**data, "base_dir": str(b / "camp")}))
     monkeypatch.setenv("MAILCAST_CAMPAIGN_ROOTS", f'["{b}"]')
-    check_everything(load_spec(spec_b))
+    check_everything(spec_from_dict({**data, "base_dir": str(b / "camp")}))
+    monkeypatch.setenv("MAILCAST_CAMPAIGN_ROOTS", str(tmp_path / "nothing"))
+    check_everything(load_spec(spec_a))  # the CLI on a spec file: its folder
+    with pytest.raises(SpecError, match="outside the campaign roots"):  # but not its parent
+        check_everything(spec_from_dict({**data, "base_dir": str(a)}))
 
 
 @pytest.mark.usefixtures("prefect_harness", "default_roots")
