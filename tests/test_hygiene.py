@@ -222,7 +222,7 @@ _SQL_BUILDERS = {
 SQL_ALLOWED = {
     # the SQL recipient source runs the campaign's own query against the user's database (not
     # the ledger): text() of that query is the source's job
-    "mailcast/recipients/sources.py": {"text"},
+    "mailcast/recipients/sql_source.py": {"text"},
     # the bounce processor's statements: h-outcomes moves them into mailcast/ledger/ with the
     # bounce outcome work (issue 10); drop this entry then
     "mailcast/engagement/processing.py": {"insert", "select", "text", "bindparam", "tables"},
