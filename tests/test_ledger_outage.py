@@ -149,3 +149,48 @@ def test_reservations_are_not_trusted_after_the_database_restarted(
     private_pg.start()
     assert ledger.mark_unknown(run_id) == 5  # restarted since the claim: trust no reservation
     assert ledger.counts(run_id)["pending"] == 15
+
+
+def test_a_ledger_away_longer_than_the_retry_time_stops_the_run_with_the_reason(
+    tmp_path: Path, private_pg: pg_private.PrivatePostgres
+) -> None:
+    """The database goes away for longer than the run may wait: the run stops itself (one line,
+    where, and the resume hint), and nothing was sent that the ledger does not know about."""
+    from mailcast.errors import RunStopped
+
+    spec, run_id, ledger = _plan(tmp_path, private_pg.url, 1000)
+    ids = list(ledger.all_pending_ids(run_id))
+    caught: list[BaseException] = []
+    with SlowServer() as server:
+
+        def send() -> None:
+            try:
+                send_chunk(
+                    spec, run_id, (ids[0], ids[-1]), private_pg.url,
+                    Target(smtp_url=server.url), threads=2,
+                    control=RunControl(retry_base=0.1, max_retry_seconds=1.5),
+                )  # fmt: skip
+            except BaseException as exc:
+                caught.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while len(server.messages) < 50 and sender.is_alive():
+            time.sleep(0.01)
+        private_pg.stop("fast")
+        at_stop = len(server.messages)
+        sender.join(60)
+        assert not sender.is_alive()
+        sent = len(server.messages)
+    private_pg.start()
+    assert sent - at_stop <= 2  # each connection finished at most the message on the wire
+    assert len(caught) == 1 and isinstance(caught[0], RunStopped), caught
+    stopped = caught[0]
+    assert "the ledger database could not be reached" in stopped.message
+    assert f"mailcast resume {run_id}" in (stopped.hint or "")
+    assert str(private_pg.port) in (stopped.where or "")
+    # the ledger knows every message that went out: resume marks at most those unknown
+    unknown = ledger.mark_unknown(run_id)
+    counts = ledger.counts(run_id)
+    assert counts["sent"] + unknown >= sent - 2 and counts["sending"] == 0
+    assert counts["sent"] + unknown + counts["pending"] == 1000

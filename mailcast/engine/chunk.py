@@ -4,6 +4,7 @@ keeps per process (its control and pacer)."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import uuid
@@ -151,7 +152,10 @@ def send_chunk(
             return loop()
         return _in_threads(loop, threads)
     except (RunStopped, AuthError, TlsError) as exc:
-        ledger.set_run(run_id, note=str(exc))  # the summary shows it for a paused run
+        # The summary shows the reason for a paused run; when the ledger itself is what
+        # stopped the run, the reason is in the error (the note cannot be written).
+        with contextlib.suppress(Exception):
+            ledger.set_run(run_id, note=str(exc))
         raise
     finally:
         ledger.release(token)  # the chunk's hand-over connection

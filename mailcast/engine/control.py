@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from mailcast.errors import AuthError, MailcastError, RunStopped, TlsError
 from mailcast.spec import CampaignSpec
@@ -78,6 +79,20 @@ class RunControl:
                 self._stop_error = error
                 log.warning("stopping the run: %s", error)
             self._stop.set()
+
+    def give_up(self, what: str, error: MailcastError, hint: str) -> NoReturn:
+        """The run's retry time is used up waiting for ``what`` (the SMTP server, the ledger):
+        stop every thread of the run and raise the RunStopped that says so."""
+        self.stop(
+            RunStopped(
+                f"{what}; the run's retry time ({self.max_retry_seconds:g}s) is used up:"
+                f" {error.message}",
+                where=error.where,
+                hint=hint,
+            )
+        )
+        self.check()
+        raise AssertionError("unreachable: the run was stopped")  # pragma: no cover
 
     def check(self) -> None:
         """If the run was stopped, raise (in this thread) an error like the one that stopped

@@ -249,16 +249,12 @@ def _wait_for_server(chunk: _Connection, exc: ConnectError) -> None:
     control = chunk.control
     chunk.connect_failures += 1
     if control.retry_time_left() <= 0:
-        control.stop(
-            RunStopped(
-                f"the SMTP server could not be reached; the run's retry time"
-                f" ({control.max_retry_seconds:g}s) is used up: {exc.message}",
-                where=exc.where,
-                hint=f"check that the server is up and reachable, then `mailcast resume"
-                f" {chunk.run_id}` (only rows not yet sent are sent)",
-            )
+        control.give_up(
+            "the SMTP server could not be reached",
+            exc,
+            hint=f"check that the server is up and reachable, then `mailcast resume"
+            f" {chunk.run_id}` (only rows not yet sent are sent)",
         )
-        control.check()
     if exc.busy:  # a "421 busy" greeting: a slow-down too
         control.throttle(exc.message)
     delay = min(backoff(chunk.connect_failures, control.retry_base), control.retry_time_left())
@@ -393,16 +389,12 @@ def _ledger(chunk: _Connection, call: Callable[[], T]) -> T:
         except LedgerUnavailable as exc:
             failures += 1
             if control.retry_time_left() <= 0:
-                control.stop(
-                    RunStopped(
-                        f"the ledger database could not be reached; the run's retry time"
-                        f" ({control.max_retry_seconds:g}s) is used up: {exc.message}",
-                        where=exc.where,
-                        hint=f"start the database, then `mailcast resume {chunk.run_id}` (rows"
-                        " not yet sent are sent; none is sent twice)",
-                    )
+                control.give_up(
+                    "the ledger database could not be reached",
+                    exc,
+                    hint=f"start the database, then `mailcast resume {chunk.run_id}` (rows"
+                    " not yet sent are sent; none is sent twice)",
                 )
-                raise control.stopped from exc  # type: ignore[misc]
             delay = min(backoff(failures, control.retry_base), 5.0, control.retry_time_left())
             log.warning("%s; trying again in %.1fs", exc, delay)
             control.sleep(max(delay, 0.05))

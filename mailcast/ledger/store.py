@@ -568,7 +568,7 @@ class Ledger:
         done = Exchanged()
         if not (record or claim or hand_over):
             return done
-        try:
+        with self._reachable(token):
             if self.is_postgres and hand_over and not claim:
                 done.handed = self._line(token).hand_over(hand_over, token, record)
                 return done
@@ -581,22 +581,29 @@ class Ledger:
                     done.claims = self._claim_ids(conn, run_id, claim, token)
                 if hand_over:
                     done.handed = self._hand_over(conn, hand_over, token)
-        except psycopg.OperationalError as exc:  # the hand-over line's own connection
+        return done
+
+    @contextlib.contextmanager
+    def _reachable(self, token: str | None = None) -> Iterator[None]:
+        """Turn a lost or refused database connection into ``LedgerUnavailable`` (the engine
+        waits for the database and tries again); other database errors pass unchanged."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:  # a hand-over line's own connection
             self.release(token)
-            raise LedgerUnavailable(
-                f"the ledger database cannot be reached: {str(exc).strip().splitlines()[0]}",
-                where=self.where,
-                hint="check that the database is up; the run waits for it and continues",
-            ) from exc
+            raise self._unavailable(exc) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-                raise LedgerUnavailable(
-                    f"the ledger database cannot be reached: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}",
-                    where=self.where,
-                    hint="check that the database is up; the run waits for it and continues",
-                ) from exc
+                raise self._unavailable(exc.orig or exc) from exc
             raise
-        return done
+
+    def _unavailable(self, exc: BaseException) -> LedgerUnavailable:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return LedgerUnavailable(
+            f"the ledger database cannot be reached: {first}",
+            where=self.where,
+            hint="check that the database is up; a run waits for it and continues",
+        )
 
     def _line(self, token: str | None) -> _HandOverLine:
         with self._lines_lock:
@@ -645,7 +652,7 @@ class Ledger:
         """Every pending row id of the run, in order, as a compact array (8 bytes a row)."""
         query = select(D.c.id).where(D.c.run_id == run_id, D.c.status == PENDING).order_by(D.c.id)
         ids = array("q")
-        with self.engine.connect() as conn:
+        with self._reachable(), self.engine.connect() as conn:
             for batch in (
                 conn.execution_options(yield_per=50_000).execute(query).scalars().partitions()
             ):
@@ -661,7 +668,7 @@ class Ledger:
             .where(D.c.id.between(lo, hi), _unindexed(D.c.run_id) == run_id, D.c.status == PENDING)
             .order_by(D.c.id)
         )
-        with self.engine.connect() as conn:
+        with self._reachable(), self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
     def record(self, outcomes: Sequence[Outcome], *, token: str | None = None) -> None:
