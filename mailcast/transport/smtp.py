@@ -430,10 +430,13 @@ class SmtpTransport:
         """Send one message to one recipient; return the server's reply to DATA.
 
         Raises ``SmtpReplyError`` (``.code``, ``.stage`` MAIL/RCPT/DATA) when the server refuses
-        this message, ``ConnectionLost`` when the connection dropped before the reply to DATA
-        (the next call reconnects; ``.maybe_delivered`` when the whole message was out and only
-        the reply to it is missing: the server may have accepted it), and ``ConnectError`` (also for a "421 busy" greeting),
-        ``TlsError`` or ``AuthError`` from (re)connecting.
+        this message (``.from_server`` False when mailcast refuses it: an internationalized
+        address for a server without SMTPUTF8), ``ConnectionLost`` when the connection dropped
+        before the reply to DATA (the next call reconnects; ``.maybe_delivered`` when the whole
+        message was out and only the reply to it is missing: the server may have accepted it),
+        ``AuthError`` for an authentication-class reply at any stage (530, 535, 5.7.8 …) or from
+        logging in, and ``ConnectError`` (``.code`` for a "421 busy" greeting) or ``TlsError``
+        from (re)connecting.
         """
         if message.count(b"\n") != message.count(b"\r\n"):  # SMTP needs CRLF line ends
             message = _BARE_LF.sub(b"\r\n", message)
