@@ -554,6 +554,58 @@ def test_upgrade_from_0001_keeps_the_data_and_the_views_work_on_it(empty_url: st
     assert summary["unique_opens"] == 1 and summary["open_rate"] == pytest.approx(1 / 3)
 
 
+def test_upgrade_to_0004_gives_old_rows_their_stage_and_retry_keeps_working(
+    empty_url: str,
+) -> None:
+    """Rows written before 0004 kept their SMTP stage only in the reason: the migration reads it
+    once, so `retry --failed` (which now goes by smtp_code/smtp_stage) reopens the same old rows
+    as before, plus the sender's refusals; mailcast's own SMTPUTF8 refusal loses its fake 553."""
+    from mailcast.engine.resume import reopen_run
+
+    engine = get_engine(empty_url)
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(insert(_campaigns).values(id=8, name="old", created_at=T0))
+        conn.execute(
+            insert(_runs).values(
+                id=LEGACY_RUN, campaign_id=8, status="paused", dry_run=False, spec={},
+                transport=None, recipients=7, columns=["email"], created_at=T0,
+            )
+        )  # fmt: skip
+    upgrade(engine, "0003")
+    old = [  # (reason, smtp_code) as 0003-era mailcast wrote them, all failed
+        ("hard bounce: 550 5.1.1 no such user (at RCPT)", 550),
+        ("rejected at DATA: 554 5.7.1 spam", 554),
+        ("rejected at MAIL: 553 5.7.1 sender rejected", 553),
+        ("rejected at MAIL: 553 server does not support SMTPUTF8 for a non-ASCII address", 553),
+        ("temporary failure after 3 attempts: 451 4.3.0 try later", 451),
+        ("temporary failure after 3 attempts: connection lost during RCPT: timed out", None),
+        ("template error: body.txt:3: 'x' is undefined", None),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(_deliveries),
+            [
+                {"run_id": LEGACY_RUN, "row_no": i + 2, "address": f"o{i}@example.com",
+                 "address_key": f"o{i}@example.com", "fields": {}, "status": "failed",
+                 "reason": reason, "attempts": 1, "smtp_code": code, "message_id": None,
+                 "created_at": T0, "updated_at": T0, "sent_at": None}
+                for i, (reason, code) in enumerate(old)
+            ],
+        )  # fmt: skip
+    upgrade(engine)
+    got = _rows(engine, "SELECT smtp_code, smtp_stage FROM deliveries ORDER BY row_no")
+    assert [(r["smtp_code"], r["smtp_stage"]) for r in got] == [
+        (550, "RCPT"), (554, "DATA"), (553, "MAIL"), (None, None), (451, None), (None, "RCPT"),
+        (None, None),
+    ]  # fmt: skip
+
+    ledger = Ledger(empty_url)
+    assert reopen_run(ledger, LEGACY_RUN, retry_failed=True)["reopened"] == 3
+    pending = _rows(engine, "SELECT row_no FROM deliveries WHERE status = 'pending'")
+    assert sorted(r["row_no"] for r in pending) == [4, 6, 7]  # sender refused, the 2 temporary
+
+
 def test_a_database_at_0001_is_refused_with_the_upgrade_hint(empty_url: str) -> None:
     engine = get_engine(empty_url)
     upgrade(engine, "0001")

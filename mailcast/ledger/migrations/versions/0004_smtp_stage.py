@@ -18,6 +18,8 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+# mailcast's own refusal, recorded as if the server had said 553 at MAIL: no code, no stage.
+_OWN_REFUSAL = "%server does not support SMTPUTF8%"
 # (stage, reason patterns) for rows written before this revision.
 _BACKFILL = (
     ("MAIL", ("rejected at MAIL:%", "%connection lost during MAIL%")),
@@ -38,7 +40,7 @@ def upgrade() -> None:
     )
     op.execute(
         d.update()
-        .where(d.c.reason.like("%server does not support SMTPUTF8%"))
+        .where(d.c.reason.like(_OWN_REFUSAL))
         .values(smtp_code=None, smtp_reply=None)
     )
     op.execute(
@@ -51,6 +53,7 @@ def upgrade() -> None:
                 d.c.smtp_stage.is_(None),
                 d.c.status != "sent",
                 sa.or_(*(d.c.reason.like(p) for p in patterns)),
+                ~d.c.reason.like(_OWN_REFUSAL),
             )
             .values(smtp_stage=stage)
         )
