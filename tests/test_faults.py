@@ -445,9 +445,10 @@ def test_server_down_then_back(tmp_path: Path) -> None:
     def go_down(event: Event) -> bool:
         if event.nth == 6 and not outage:
             outage.append(server.outage(3))
+            return True  # and drop this connection at MAIL: no reply to a final dot is cut off
         return False
 
-    server = FaultyServer(Rule("MAIL", when=go_down))
+    server = FaultyServer(Rule("MAIL", drop=True, when=go_down))
     with server:
         run = plan(tmp_path, server, 12, retry_base_seconds=0.2)
         started = time.monotonic()
@@ -475,9 +476,13 @@ def test_server_down_longer_than_the_retry_time_pauses_the_run(tmp_path: Path) -
     assert "could not be reached; the run's retry time (1s) is used up" in err.message
     assert f"mailcast resume {run.run_id}" in err.hint
     rows = run.rows()
-    assert {r["status"] for r in rows.values()} == {"sent", "pending"}
+    # a message whose reply the outage cut off (after its final dot) is `unknown`, not retried
+    assert {"sent", "pending"} <= {r["status"] for r in rows.values()} <= {
+        "sent", "pending", "unknown",
+    }  # fmt: skip
     sent = sum(r["status"] == "sent" for r in rows.values())
-    assert sent == len(server.messages) < 10
+    unknown = sum(r["status"] == "unknown" for r in rows.values())
+    assert sent <= len(server.messages) <= sent + unknown < 10
     assert run.finish() == "paused"
     assert run.ledger.run(run.run_id).note == str(err)
 
