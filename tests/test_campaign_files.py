@@ -20,6 +20,7 @@ from mailcast.errors import AttachmentError, MailcastError, SourceError, SpecErr
 from mailcast.ledger.store import Ledger
 from mailcast.recipients.prepare import checked_recipients
 from mailcast.recipients.sources import read_columns
+from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec, load_spec, spec_from_dict
 from tests.campaigns import people, write_campaign
 
@@ -232,10 +233,7 @@ def test_flow_from_the_ui_refuses_proc_before_planning(
             "base_dir": "/proc/self", "attachments": ["environ"],
             "recipients": {"sql": {"url": f"sqlite:///{tmp_path / 'crm.db'}",
                                    "query": "select 'a@example.com' as email"}}}  # fmt: skip
-    db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     with pytest.raises(SpecError, match=r"base_dir: the campaign folder /proc/self"):
-        send_campaign(
-            spec=spec_from_dict(spec), dry_run=False, smtp_url=server.url, database_url=db
-        )
+        send_campaign(spec=spec_from_dict(spec), dry_run=False, smtp_url=server.url)
     assert server.messages == []
-    assert Ledger(db).runs() == []
+    assert Ledger(Settings().ledger_url()).runs() == []  # the worker's ledger

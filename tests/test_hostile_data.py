@@ -237,3 +237,32 @@ def test_xlsx_report_keeps_formula_like_cells_as_text(tmp_path: Path) -> None:
         assert c.data_type != "f", (c.coordinate, c.value)
     with zipfile.ZipFile(path) as z:
         assert b"<f>" not in z.read("xl/worksheets/sheet1.xml")
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flow_sends_to_everyone_but_the_nul_address_on_postgres(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the send-campaign flow on a Postgres ledger (the worker's, from its settings):
+    the row with a NUL in its address is skipped with the reason, the 299 others are sent."""
+    from mailcast.flows.campaign import send_campaign
+
+    from mailcast.capture import CaptureServer
+
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", pg_url)
+    spec_path = write_campaign(
+        tmp_path / "c", people(300), attachments=False, name="nul-through-the-flow"
+    )
+    data = spec_path.parent / "data" / "recipients.csv"
+    text = data.read_text(encoding="utf-8")
+    data.write_text(text.replace("person250@", "person250\x00@"), encoding="utf-8")
+    with CaptureServer() as server:
+        send_campaign(spec=load_spec(spec_path), dry_run=False, smtp_url=server.url)
+        sent = {m.rcpt_tos[0] for m in server.messages}
+    assert len(sent) == 299
+    assert not any("person250" in a for a in sent)
+    (run,) = [r for r in Ledger(pg_url).runs() if r.campaign == "nul-through-the-flow"]
+    by_row = deliveries(pg_url, run.id)
+    assert by_row[252]["status"] == "skipped" and "NUL" in str(by_row[252]["reason"])
+    assert sum(1 for d in by_row.values() if d["status"] == "sent") == 299
