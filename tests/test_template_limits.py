@@ -185,3 +185,11 @@ def test_ordinary_templates_still_render() -> None:
         "a b",
     )
     assert run() == "A B     x 18446744073709551616 42 a,b 3\n"
+
+
+def test_too_much_output_names_the_line() -> None:
+    """The output's size is checked outside the template's code; the line is the one the
+    template was rendering when it went over."""
+    error = refused("a\nb\n{% for i in range(100000) %}{{ 'x' * 999 }}{% endfor %}\n")
+    assert error.where == "text:3"
+    assert "renders more than 20,000,000 characters" in str(error)

@@ -669,7 +669,7 @@ class CampaignTemplates:
         try:
             return _render_bounded(part.template, ctx)
         except Exception as exc:
-            line = _error_line(exc, part.filename)
+            line = getattr(exc, "template_line", None) or _error_line(exc, part.filename)
             where = f"{part.name}:{line}" if line is not None else part.name
             raise TemplateError(f"row {row}: {exc}", where=where) from None
 
@@ -713,12 +713,20 @@ def _render_bounded(template: Template, ctx: dict[str, Any]) -> str:
         # The output in slices of 64 pieces (collected and measured in C): each slice counts
         # against the step budget like 64 calls of _tick(), and the output's size is checked.
         while batch := list(islice(output, 64)):
-            size += sum(map(len, batch))
-            if size > _MAX_OUTPUT:
-                raise SecurityError(f"the template renders more than {_MAX_OUTPUT:,} characters")
-            pieces += batch
-            budget.steps += len(batch)
-            _check_budget()
+            try:
+                size += sum(map(len, batch))
+                if size > _MAX_OUTPUT:
+                    raise SecurityError(
+                        f"the template renders more than {_MAX_OUTPUT:,} characters"
+                    )
+                pieces += batch
+                budget.steps += len(batch)
+                _check_budget()
+            except SecurityError as exc:  # raised here, outside the template: name its line
+                frame = getattr(output, "gi_frame", None)
+                if frame is not None:
+                    exc.template_line = template.get_corresponding_lineno(frame.f_lineno)  # type: ignore[attr-defined]
+                raise
         return template.environment.concat(pieces)  # type: ignore[attr-defined,no-any-return]
     except Exception:
         template.environment.handle_exception()  # re-raises with the template's line numbers
