@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from mailcast.capture import CaptureServer
 from mailcast.cli import app
@@ -23,6 +23,7 @@ from mailcast.recipients.sources import read_columns
 from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec, load_spec, spec_from_dict
 from tests.campaigns import people, write_campaign
+from tests.test_bad_input import refused, send
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -38,21 +39,6 @@ def server() -> Any:
 def default_roots(monkeypatch: pytest.MonkeyPatch) -> None:
     """No MAILCAST_CAMPAIGN_ROOTS: the defaults apply."""
     monkeypatch.delenv("MAILCAST_CAMPAIGN_ROOTS", raising=False)
-
-
-def send(spec: Path, server: CaptureServer, db: str) -> Result:
-    return runner.invoke(app, ["send", str(spec), "--send", "--smtp", server.url, "--db", db])
-
-
-def refused(result: Result, server: CaptureServer, db: str) -> str:
-    """Exit 2, one error line and a hint, nothing sent, nothing planned."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("hint: "), result.stderr
-    assert server.messages == []
-    assert Ledger(db).runs() == []
-    return lines[0].removeprefix("error: ")
 
 
 def check_everything(spec: CampaignSpec) -> None:
