@@ -330,7 +330,9 @@ class Bench:
             f"mailcast-e2e: spec {self.spec_note(spec)}; whole-run seconds "
             f"{[round(r.result['seconds'], 1) for r in good]}, sent {good[0].result['messages']:,}"
             f" of {expected:,} valid ({good[0].result.get('counts')}); send phase = first→last "
-            f"sent_at in the ledger: {[round(r.ledger.get('send_seconds', 0), 1) for r in good]} s"
+            f"sent_at in the ledger: {[round(r.ledger.get('send_seconds', 0), 1) for r in good]} s;"
+            f" mailcast's CPU (flow and workers, not the database) per message sent, µs: "
+            f"{[round(1e6 * r.result.get('cpu_seconds', 0) / max(r.result['messages'], 1)) for r in good]}"
         )
 
     def spec_note(self, spec: dict[str, Any]) -> str:
