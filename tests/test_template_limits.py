@@ -193,3 +193,12 @@ def test_too_much_output_names_the_line() -> None:
     error = refused("a\nb\n{% for i in range(100000) %}{{ 'x' * 999 }}{% endfor %}\n")
     assert error.where == "text:3"
     assert "renders more than 20,000,000 characters" in str(error)
+
+
+def test_too_much_output_at_the_very_end_names_the_line() -> None:
+    """When the render went over with its last pieces (the template had finished), the line is
+    found by rendering it again one piece at a time, still within the bounds."""
+    fifteen_million = "{% set s = 'x' * 1000000 %}{% set s = " + " ~ ".join(["s"] * 15) + " %}"
+    error = refused("a\n" + fifteen_million + "\n{{ s }}{{ s }}\n")
+    assert error.where == "text:3"
+    assert "renders more than 20,000,000 characters" in str(error)

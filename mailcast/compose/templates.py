@@ -45,7 +45,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, nodes
 from jinja2.environment import Template
@@ -724,8 +724,14 @@ def _render_bounded(template: Template, ctx: dict[str, Any]) -> str:
                 _check_budget()
             except SecurityError as exc:  # raised here, outside the template: name its line
                 frame = getattr(output, "gi_frame", None)
+                line: int | None
                 if frame is not None:
-                    exc.template_line = template.get_corresponding_lineno(frame.f_lineno)  # type: ignore[attr-defined]
+                    line = template.get_corresponding_lineno(frame.f_lineno)
+                else:  # the template had finished: find the piece that went over
+                    pieces.clear()
+                    batch.clear()
+                    line = _overflow_line(template, ctx)
+                exc.template_line = line  # type: ignore[attr-defined]
                 raise
         return template.environment.concat(pieces)  # type: ignore[attr-defined,no-any-return]
     except Exception:
@@ -733,6 +739,27 @@ def _render_bounded(template: Template, ctx: dict[str, Any]) -> str:
         raise  # pragma: no cover - handle_exception always raises
     finally:
         _budget.deadline = math.inf
+
+
+def _overflow_line(template: Template, ctx: dict[str, Any]) -> int | None:
+    """The line of the output piece that takes a render past ``_MAX_OUTPUT`` characters: the
+    template rendered again (within a fresh budget), one piece at a time, nothing kept. Only
+    for the error message of a render that went over after its last line."""
+    _budget.steps = 0
+    _budget.deadline = time.monotonic() + _MAX_RENDER_SECONDS
+    output = cast(types.GeneratorType, template.root_render_func(template.new_context(ctx)))
+    size = 0
+    try:
+        for piece in output:
+            size += len(piece)
+            frame = output.gi_frame
+            if size > _MAX_OUTPUT and frame is not None:
+                return template.get_corresponding_lineno(frame.f_lineno)
+    except Exception:
+        return None
+    finally:
+        output.close()
+    return None
 
 
 def _display_name(value: Any) -> str | None:
