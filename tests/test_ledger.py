@@ -215,3 +215,37 @@ def test_planning_again_after_a_crash_reuses_the_run(db_url: str) -> None:
     ledger.set_run(run_id, status="sending")
     assert run_planned(ledger, run_id)  # a Prefect retry of the flow resumes it
     assert not run_planned(ledger, "no-such-run")
+
+
+def test_hand_over_text_parameters_round_trip_through_postgres(pg_url: str) -> None:
+    """The hand-over sends outcomes as text literals (arrays included): whatever a reason or
+    a server's reply holds (quotes, backslashes, braces, commas, "NULL", any Unicode but NUL)
+    arrives in Postgres as it was."""
+    import psycopg
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from sqlalchemy.engine import make_url
+
+    from mailcast.ledger.store import _text_param
+
+    conninfo = make_url(pg_url).set(drivername="postgresql").render_as_string(False)
+    conn = psycopg.connect(conninfo, autocommit=True)
+    text_ = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.one_of(st.none(), text_, st.sampled_from(["NULL", '"', "\\", "{,}"]))))
+    def round_trip(values: list[str | None]) -> None:
+        result = conn.pgconn.exec_params(b"SELECT $1::text[]", [_text_param(values)])
+        assert result.status == psycopg.pq.ExecStatus.TUPLES_OK, result.error_message
+        back = conn.execute("SELECT %s::text[]", [values]).fetchone()
+        assert back is not None and back[0] == values
+        literal = result.get_value(0, 0)
+        assert literal is not None
+        assert conn.execute(
+            "SELECT %s::text[] = %s::text[]", [literal.decode(), values]
+        ).fetchone() == (True,)
+
+    try:
+        round_trip()
+    finally:
+        conn.close()
