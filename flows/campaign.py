@@ -5,6 +5,10 @@ Orchestration only: every step is a task from ``tasks/``. Deployed as ``send-cam
 prefect.yaml; the ``spec`` parameter renders as a form in the Prefect UI. Safe by default:
 unless ``dry_run`` is false, messages are written to an outbox folder and nothing is sent.
 
+No secret is a parameter (Prefect stores parameters in clear): the ledger is the worker's
+(MAILCAST_DATABASE_URL; the CLI sets it for the flows it runs in its own process) and an SMTP
+password comes from MAILCAST_SMTP_PASSWORD or the SMTP block.
+
 Sending: ``tasks.dispatch.send_run`` hands the run's pending rows out as chunks to ``send-chunk``
 tasks, each over one or more connections; with ``workers: 1`` they run in this process, with
 more in a pool of that many processes, within the SMTP server's concurrency limit
@@ -53,7 +57,6 @@ def send_campaign(
     dry_run: bool = True,
     smtp_block: str | None = None,
     smtp_url: str | None = None,
-    database_url: str | None = None,
     outbox_dir: str | None = None,
     run_id: str | None = None,
     resume: bool = False,
@@ -63,7 +66,7 @@ def send_campaign(
     """Send a campaign (or, with ``resume``, continue run ``run_id``)."""
     try:
         return _send_campaign(
-            spec, dry_run, smtp_block, smtp_url, database_url, outbox_dir, run_id, resume,
+            spec, dry_run, smtp_block, smtp_url, outbox_dir, run_id, resume,
             resend_unknown, retry_failed,
         )  # fmt: skip
     except MailcastError as exc:
@@ -78,7 +81,6 @@ def _send_campaign(
     dry_run: bool,
     smtp_block: str | None,
     smtp_url: str | None,
-    database_url: str | None,
     outbox_dir: str | None,
     run_id: str | None,
     resume: bool,
@@ -87,7 +89,7 @@ def _send_campaign(
 ) -> RunSummary:
     logger = get_run_logger()
     settings = Settings()
-    database_url = database_url or settings.ledger_url()
+    database_url = settings.ledger_url()  # the worker's ledger: never a parameter
     # A run's id is the flow run's id unless given: a Prefect retry of this flow run finds its
     # run already planned and resumes it instead of planning (and sending) a second time.
     run_id = run_id or flow_run.get_id() or str(uuid.uuid4())

@@ -17,10 +17,11 @@ def export_run(
     run_id: str,
     format: Literal["csv", "json", "xlsx", "parquet"] = "csv",
     out: str | None = None,
-    database_url: str | None = None,
 ) -> str:
-    """Write run ``run_id``'s per-recipient ledger to ``out`` (default: mailcast-RUN.FORMAT)."""
-    database_url = database_url or Settings().ledger_url()
+    """Write run ``run_id``'s per-recipient ledger to ``out`` (default: mailcast-RUN.FORMAT).
+    The ledger is the worker's (MAILCAST_DATABASE_URL): a database URL with its password is
+    never a flow parameter."""
+    database_url = Settings().ledger_url()
     path, rows = export_task(database_url, run_id, format, out)
     create_markdown_artifact(
         markdown=f"Exported **{rows}** delivery rows of run `{run_id}` to `{path}` ({format}).",

@@ -567,7 +567,7 @@ def test_bad_attachment_is_refused_before_sending(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_flow_refuses_a_bad_attachment_before_planning(
-    tmp_path: Path, server: CaptureServer
+    tmp_path: Path, server: CaptureServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Started without the CLI (a deployment): still refused before the run is planned."""
     from mailcast.flows.campaign import send_campaign
@@ -576,8 +576,9 @@ def test_flow_refuses_a_bad_attachment_before_planning(
 
     spec = write_campaign(tmp_path, people(3), spec_extra={"attachments": ["files/nope.pdf"]})
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", db)  # the worker's ledger
     with pytest.raises(AttachmentError, match=r"files/nope\.pdf: no such file"):
-        send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url, database_url=db)
+        send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url)
     assert server.messages == []
     assert Ledger(db).runs() == []
 

@@ -813,7 +813,9 @@ def test_cli_send_stops_on_authentication_required_and_resume_finishes(tmp_path:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_flow_stops_on_tls_failure_before_planning(tmp_path: Path) -> None:
+def test_flow_stops_on_tls_failure_before_planning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mailcast.flows.campaign import send_campaign
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
@@ -821,6 +823,7 @@ def test_flow_stops_on_tls_failure_before_planning(tmp_path: Path) -> None:
     with FaultyServer(advertise_starttls=True) as server:
         url = f"smtp://127.0.0.1:{server.port}?security=starttls"
         with pytest.raises(TlsError, match=f"127.0.0.1:{server.port}: STARTTLS refused"):
-            send_campaign(spec=spec, dry_run=False, smtp_url=url, database_url=db)
+            monkeypatch.setenv("MAILCAST_DATABASE_URL", db)
+            send_campaign(spec=spec, dry_run=False, smtp_url=url)
     assert server.messages == []
     assert Ledger(db).runs() == []  # nothing planned, no recipient marked

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def run(spec_path: Path, db: str, **params: Any) -> Any:
     from mailcast.flows.campaign import send_campaign
 
-    return send_campaign(spec=load_spec(spec_path), database_url=db, **params)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAILCAST_DATABASE_URL", db)  # the worker's ledger (never a flow parameter)
+        return send_campaign(spec=load_spec(spec_path), **params)
 
 
 def parse(data: bytes) -> email.message.EmailMessage:

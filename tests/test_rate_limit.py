@@ -86,7 +86,9 @@ def test_pacer_shared_by_processes_keeps_one_rate(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rate_limit_across_workers(tmp_path: Path, prefect_harness: None, pg_url: str) -> None:
+def test_rate_limit_across_workers(
+    tmp_path: Path, prefect_harness: None, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """20 msgs/s with two worker processes: 20 ± 1 msgs/s over the window, and no second far
     from 20 (a burst-then-sleep limiter would show 40s and 0s)."""
     from mailcast.flows.campaign import send_campaign
@@ -100,10 +102,9 @@ def test_rate_limit_across_workers(tmp_path: Path, prefect_harness: None, pg_url
         attachments=False,
         spec_extra={"rate_limit": rate, "workers": 2, "connections": 4, "chunk_size": 50},
     )
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", pg_url)
     with TimedServer() as server:
-        summary = send_campaign(
-            spec=load_spec(spec), dry_run=False, smtp_url=server.url, database_url=pg_url
-        )
+        summary = send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url)
         times = sorted(server.times)
     assert summary.counts["sent"] == len(rows)
     counts = per_second(times)

@@ -18,7 +18,9 @@ from tests.smtp_faults import FaultyServer, Rule
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def test_retry_failed_resends_only_temporary_failures(tmp_path: Path) -> None:
+def test_retry_failed_resends_only_temporary_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mailcast.flows.campaign import send_campaign
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
@@ -36,7 +38,8 @@ def test_retry_failed_resends_only_temporary_failures(tmp_path: Path) -> None:
         Rule("RCPT", reply="451 4.7.1 Greylisted, try later", address=greylisted),
         Rule("RCPT", reply="550 5.1.1 No such user", address=unknown_user),
     ) as server:
-        summary = send_campaign(spec=spec, dry_run=False, smtp_url=server.url, database_url=db)
+        monkeypatch.setenv("MAILCAST_DATABASE_URL", db)
+        summary = send_campaign(spec=spec, dry_run=False, smtp_url=server.url)
         ledger = Ledger(db)
         rows = {r["address"]: r for r in ledger.deliveries(summary.run_id)}
         assert rows[greylisted]["status"] == "failed"
@@ -62,20 +65,17 @@ def test_retry_failed_resends_only_temporary_failures(tmp_path: Path) -> None:
     assert Counter(final.values()) == {"sent": 11, "failed": 1}
 
 
-def test_export_run_flow_writes_the_ledger(tmp_path: Path) -> None:
+def test_export_run_flow_writes_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow.parquet as pq
     from mailcast.flows.campaign import send_campaign
     from mailcast.flows.export import export_run
 
     db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
     spec = load_spec(write_campaign(tmp_path, people(25), attachments=False))
-    summary = send_campaign(
-        spec=spec, dry_run=True, outbox_dir=str(tmp_path / "outbox"), database_url=db
-    )
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", db)
+    summary = send_campaign(spec=spec, dry_run=True, outbox_dir=str(tmp_path / "outbox"))
     out = tmp_path / "export.parquet"
-    assert export_run(
-        run_id=summary.run_id, format="parquet", out=str(out), database_url=db
-    ) == str(out)
+    assert export_run(run_id=summary.run_id, format="parquet", out=str(out)) == str(out)
     table = pq.read_table(out)
     assert table.num_rows == 25
     assert set(table.column("status").to_pylist()) == {"sent"}

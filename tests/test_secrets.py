@@ -162,7 +162,8 @@ def test_password_never_appears_anywhere(
         from mailcast.spec import load_spec
 
         with pytest.raises(AuthError) as info:
-            send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=url, database_url=db)
+            monkeypatch.setenv("MAILCAST_DATABASE_URL", db)
+            send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=url)
         texts += exception_texts(info.value)
         assert server.messages == []
 

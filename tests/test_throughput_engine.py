@@ -367,7 +367,7 @@ def test_orphaned_leases_of_dead_processes_are_released(
 
 @pytest.mark.slow
 def test_two_worker_processes_send_each_row_once_within_the_limit(
-    tmp_path: Path, prefect_harness: None, pg_url: str
+    tmp_path: Path, prefect_harness: None, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mailcast.flows.campaign import send_campaign
     from prefect.client.orchestration import get_client
@@ -376,10 +376,9 @@ def test_two_worker_processes_send_each_row_once_within_the_limit(
         tmp_path, people(800), attachments=False,
         spec_extra={"workers": 2, "connections": 6, "chunk_size": 100},
     )  # fmt: skip
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", pg_url)
     with CaptureServer() as server:
-        summary = send_campaign(
-            spec=load_spec(spec), dry_run=False, smtp_url=server.url, database_url=pg_url
-        )
+        summary = send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url)
         copies = Counter(m.rcpt_tos[0] for m in server.messages)
     assert summary.counts["sent"] == 800
     assert len(copies) == 800 and set(copies.values()) == {1}
@@ -419,7 +418,7 @@ class PacedServer(CaptureServer):
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [3, 6])
 def test_concurrent_runs_share_the_servers_connection_limit(
-    tmp_path: Path, prefect_harness: None, pg_url: str, size: int
+    tmp_path: Path, prefect_harness: None, pg_url: str, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two runs at once, 3 connections each, against one server: with a limit of 3 slots the
     server never sees more than 3 connections open at once; with 6, both runs send together
@@ -438,6 +437,7 @@ def test_concurrent_runs_share_the_servers_connection_limit(
         for name in ("a", "b")
     ]  # fmt: skip
     summaries: list[Any] = []
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", pg_url)  # the worker's ledger
     with PacedServer() as server:
         with get_client(sync_client=True) as client:
             client.create_global_concurrency_limit(
@@ -445,9 +445,7 @@ def test_concurrent_runs_share_the_servers_connection_limit(
             )
 
         def run(spec: Any) -> None:
-            summaries.append(
-                send_campaign(spec=spec, dry_run=False, smtp_url=server.url, database_url=pg_url)
-            )
+            summaries.append(send_campaign(spec=spec, dry_run=False, smtp_url=server.url))
 
         runs = [threading.Thread(target=run, args=(spec,)) for spec in specs]
         for t in runs:
@@ -544,10 +542,9 @@ def slow_run(
         folder, people(n), attachments=False,
         spec_extra={"connections": connections, **spec_extra},
     )  # fmt: skip
-    with SlowServer(delay) as server:
-        summary = send_campaign(
-            spec=load_spec(spec), dry_run=False, smtp_url=server.url, database_url=db
-        )
+    with SlowServer(delay) as server, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAILCAST_DATABASE_URL", db)  # the worker's ledger
+        summary = send_campaign(spec=load_spec(spec), dry_run=False, smtp_url=server.url)
         figures = server.result()
     return figures["last"] - figures["first"], figures, summary
 

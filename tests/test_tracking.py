@@ -124,7 +124,9 @@ def wait_for(check: Any, timeout: float = 15.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness", "tracking_env")
-def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_url: str) -> None:
+def test_tracked_campaign_end_to_end(
+    tmp_path: Path, smtp_server: Any, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mailcast.flows.campaign import send_campaign
 
     tag = uuid.uuid4().hex[:6]  # own addresses: an unsubscribe is for every later campaign
@@ -139,10 +141,8 @@ def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_ur
                 "unsubscribe_mailto": "unsubscribe@mailcast.example",
             },
         )  # fmt: skip
-        first = send_campaign(
-            spec=load_spec(spec_path), database_url=ledger_url, dry_run=False,
-            smtp_url=smtp_server.url,
-        )  # fmt: skip
+        monkeypatch.setenv("MAILCAST_DATABASE_URL", ledger_url)  # the worker's ledger
+        first = send_campaign(spec=load_spec(spec_path), dry_run=False, smtp_url=smtp_server.url)
         assert first.counts["sent"] == 6
         run_id = first.run_id
         ledger = Ledger(ledger_url)
@@ -268,10 +268,7 @@ def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_ur
 
     # -- the next run skips the unsubscribed address --------------------------------------------
     before = len(smtp_server.messages)
-    second = send_campaign(
-        spec=load_spec(spec_path), database_url=ledger_url, dry_run=False,
-        smtp_url=smtp_server.url,
-    )  # fmt: skip
+    second = send_campaign(spec=load_spec(spec_path), dry_run=False, smtp_url=smtp_server.url)
     assert second.counts["sent"] == 5 and second.counts["skipped"] == 1
     assert ("skipped", "suppressed:unsubscribed", 1) in second.reasons
     new = smtp_server.messages[before:]
@@ -279,15 +276,17 @@ def test_tracked_campaign_end_to_end(tmp_path: Path, smtp_server: Any, ledger_ur
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_tracking_off_adds_nothing(tmp_path: Path, db_url: str) -> None:
+def test_tracking_off_adds_nothing(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No tracking_base_url: no pixel, links as written, no List-Unsubscribe, no secret needed."""
     from mailcast.flows.campaign import send_campaign
 
     spec_path = write_campaign(tmp_path, people(2), attachments=False, html=HTML, text=TEXT)
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", db_url)
     result = send_campaign(
-        spec=load_spec(spec_path), database_url=db_url, dry_run=True,
-        outbox_dir=str(tmp_path / "outbox"),
-    )  # fmt: skip
+        spec=load_spec(spec_path), dry_run=True, outbox_dir=str(tmp_path / "outbox")
+    )
     assert result.counts["sent"] == 2
     emls = sorted((tmp_path / "outbox").rglob("*.eml"))
     assert len(emls) == 2

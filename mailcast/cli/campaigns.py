@@ -18,10 +18,11 @@ from mailcast.cli.common import (
     guarded,
     open_ledger,
     out,
+    safe,
     settings_for,
     tracking_line,
 )
-from mailcast.cli.flowrun import run_flow, smtp_params
+from mailcast.cli.flowrun import check_smtp, run_flow, smtp_params
 from mailcast.errors import SpecError
 from mailcast.settings import Settings
 
@@ -55,15 +56,15 @@ def validate(
     campaign, table, templates = prepare(spec)
     rejected = table.rejected
     out.print(
-        f"[bold]{campaign.name}[/]: {len(table.rows)} rows from {table.source} "
-        f"({len(table.columns)} columns); templates ok: {', '.join(templates.names)}"
+        f"[bold]{safe(campaign.name)}[/]: {len(table.rows)} rows from {safe(table.source)} "
+        f"({len(table.columns)} columns); templates ok: {safe(', '.join(templates.names))}"
     )
     out.print(f"  to send: [green]{len(table.valid)}[/]   rejected: [yellow]{len(rejected)}[/]")
     out.print(f"  {tracking_line(campaign)}")
     if rejected:
         grid = Table("row", "address", "reason", box=None, pad_edge=False)
         for r in rejected[:show]:
-            grid.add_row(str(r.row), r.address, r.reason or "")
+            grid.add_row(str(r.row), safe(r.address), safe(r.reason or ""))
         out.print(grid)
         if len(rejected) > show:
             out.print(f"  … and {len(rejected) - show} more (--show N)")
@@ -93,8 +94,8 @@ def preview(
         stem.with_suffix(".eml").write_bytes(composed.data)
         if rendered.html is not None:
             stem.with_suffix(".html").write_text(rendered.html, encoding="utf-8")
-        out.print(f"{i:3d}. row {r.row} → {r.address}: {rendered.subject}")
-    out.print(f"wrote {min(limit, len(table.valid))} previews to {out_dir}/")
+        out.print(f"{i:3d}. row {r.row} → {safe(r.address)}: {safe(rendered.subject)}")
+    out.print(f"wrote {min(limit, len(table.valid))} previews to {safe(out_dir)}/")
 
 
 @app.command()
@@ -120,9 +121,11 @@ def send(
             where="--smtp",
             hint="pass --smtp smtp://host:port, --smtp-block NAME, or set MAILCAST_SMTP_URL",
         )
+    if really_send:
+        check_smtp(params)  # a refused port or a wrong password: one line now, not after Prefect
     run_id = str(uuid.uuid4())
     out.print(
-        f"run [bold]{run_id}[/]: {campaign.name}, {len(table.valid)} to send, "
+        f"run [bold]{run_id}[/]: {safe(campaign.name)}, {len(table.valid)} to send, "
         f"{len(table.rejected)} rejected, "
         + (
             "[bold]sending over SMTP[/]"
@@ -144,17 +147,27 @@ def _continue(
     run_id: str, db: str | None, smtp: str | None, smtp_block: str | None, **flags: Any
 ) -> None:
     from mailcast.spec import CampaignSpec
+    from mailcast.transport.factory import Target
 
     settings = settings_for(db)
     ledger = open_ledger(settings, create=False)
     run = ledger.run(run_id)
     spec = CampaignSpec.model_validate(run.spec)
-    params = smtp_params(smtp, smtp_block, settings)
     dry = run.dry_run
+    recorded = Target.from_record(run.transport)  # where the run sent: no password in it
     outbox = None
-    if dry and run.transport and run.transport.startswith("outbox "):
+    if dry and recorded is not None and recorded.outbox:
+        outbox = str(Path(recorded.outbox).parent)
+    elif dry and run.transport and run.transport.startswith("outbox "):  # recorded as text
         outbox = str(Path(run.transport.removeprefix("outbox ")).parent)
-    out.print(f"resuming run [bold]{run.id}[/] ({run.campaign}, {run.status})")
+    out.print(f"resuming run [bold]{safe(run.id)}[/] ({safe(run.campaign)}, {run.status})")
+    if smtp or smtp_block or dry or recorded is None or recorded.dry_run:
+        params = smtp_params(smtp, smtp_block, settings)
+    else:  # the server the run was sent through (the password: MAILCAST_SMTP_PASSWORD, block)
+        params = {"smtp_url": recorded.smtp_url, "smtp_block": recorded.smtp_block}
+        out.print(f"via the run's server: {safe(recorded.describe())}")
+    if not dry:
+        check_smtp(params)
     run_flow(settings, spec, run.id, resume=True, dry_run=dry, outbox_dir=outbox, **params, **flags)
 
 
@@ -210,13 +223,13 @@ def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many run
     for r in ledger.runs(limit):
         c = ledger.counts(r.id)
         grid.add_row(
-            r.id, r.campaign, r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
+            safe(r.id), safe(r.campaign), r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
             str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]), r.created_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
     # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
     (out if out.is_terminal else wide).print(grid)
-    out.print(f"[dim]ledger: {ledger.where}[/]")
+    out.print(f"[dim]ledger: {safe(ledger.where)}[/]")
 
 
 @app.command()
@@ -254,11 +267,11 @@ def report(
         str(out_file) if out_file else None,
         neutralize_formulas=not raw,
     )
-    out.print(f"wrote {n} rows to {target}")
+    out.print(f"wrote {n} rows to {safe(target)}")
 
 
 def write_html_report(settings: Settings, run_id: str, path: Path) -> None:
     from mailcast.engagement.report_page import write_html_report as write
 
     write(settings.ledger_url(), run_id, path)
-    out.print(f"wrote the report page to {path}")
+    out.print(f"wrote the report page to {safe(path)}")

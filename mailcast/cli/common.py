@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,8 +42,28 @@ def _root(
     """Personalized bulk email with a delivery ledger, orchestrated by Prefect."""
 
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Data (addresses, reasons, names) is printed through ``safe``: no markup, no emoji codes, no
+# control characters reach the terminal.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+# C0/C1 controls (ESC starts terminal sequences), DEL, line/paragraph separators, bidi overrides
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: object) -> str:
+    """``value`` as plain text with control characters made visible (``\\x1b``, ``\\n``)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def safe(value: object) -> str:
+    """Data for a Rich string or table cell: control characters made visible, markup escaped
+    (``[link=...]`` prints as text)."""
+    from rich.markup import escape
+
+    return escape(visible(value))
+
+
 PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -67,9 +88,9 @@ DbOpt = Annotated[
 
 
 def fail(exc: MailcastError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {safe(exc)}", highlight=False)
     if exc.hint:
-        err.print(f"[dim]hint: {exc.hint}[/]")
+        err.print(f"[dim]hint: {safe(exc.hint)}[/]")
     raise typer.Exit(2)
 
 
@@ -111,4 +132,4 @@ def tracking_line(spec: Any, *, check_secret: bool = False) -> str:
 
         if not get_settings().tracking_secret_block:  # a block needs Prefect
             load_secret()
-    return describe(spec)
+    return safe(describe(spec))

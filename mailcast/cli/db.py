@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mailcast.cli.common import DbOpt, guarded, out, settings_for
+from mailcast.cli.common import DbOpt, guarded, out, safe, settings_for
 
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -18,4 +18,4 @@ def db_upgrade(db: DbOpt = None) -> None:
 
     url = settings_for(db).ledger_url()
     upgrade(get_engine(url))
-    out.print(f"ledger at {redact_url(url)} is up to date")
+    out.print(f"ledger at {safe(redact_url(url))} is up to date")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mailcast.cli.campaigns import prepare
-from mailcast.cli.common import DbOpt, app, example_dir, guarded, out, settings_for
+from mailcast.cli.common import DbOpt, app, example_dir, guarded, out, safe, settings_for
 from mailcast.cli.flowrun import run_flow
 from mailcast.errors import SpecError
 
@@ -30,10 +30,10 @@ def demo(db: DbOpt = None) -> None:
         out.print(f"capturing SMTP server on {server.host}:{server.port}")
         campaign, table, _ = prepare(spec_path)
         run_id = str(uuid.uuid4())
-        out.print(f"run [bold]{run_id}[/]: {campaign.name}, {len(table.valid)} recipients")
+        out.print(f"run [bold]{run_id}[/]: {safe(campaign.name)}, {len(table.valid)} recipients")
         run_flow(settings, load_spec(spec_path), run_id, dry_run=False, smtp_url=server.url)
         n = len(server.messages)
-    out.print(f"\nthe SMTP server accepted {n} messages; copies: {captured}/")
+    out.print(f"\nthe SMTP server accepted {n} messages; copies: {safe(captured)}/")
 
 
 @app.command()
@@ -64,5 +64,5 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new camp
     if not (directory / "campaign.yaml").is_file():
         raise SpecError("the example campaign was not written", where=str(directory))
     out.print(
-        f"wrote an example campaign to {directory}/ — next: mailcast validate {directory}/campaign.yaml"
+        f"wrote an example campaign to {safe(directory)}/ — next: mailcast validate {safe(directory)}/campaign.yaml"
     )

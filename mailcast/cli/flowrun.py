@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from mailcast.cli.common import err, fail, open_ledger, out
+from mailcast.cli.common import err, fail, open_ledger, out, safe
 from mailcast.errors import MailcastError
 from mailcast.settings import Settings
 
@@ -62,6 +62,21 @@ def progress(ledger: Any, run_id: str) -> Iterator[None]:
             thread.join(2)
 
 
+@contextmanager
+def ledger_in_environment(url: str) -> Iterator[None]:
+    """MAILCAST_DATABASE_URL set to ``url`` while the flow runs in this process (and in the
+    worker processes it starts)."""
+    before = os.environ.get("MAILCAST_DATABASE_URL")
+    os.environ["MAILCAST_DATABASE_URL"] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MAILCAST_DATABASE_URL", None)
+        else:
+            os.environ["MAILCAST_DATABASE_URL"] = before
+
+
 def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
     """Run the send-campaign flow in this process; print the summary; errors as one line."""
     _prefect_env()
@@ -75,21 +90,17 @@ def run_flow(settings: Settings, spec: Any, run_id: str, **params: Any) -> Any:
     send_campaign = get_flow("send-campaign")
 
     ledger = open_ledger(settings)
-    with progress(ledger, run_id):
-        state = send_campaign(
-            spec=spec,
-            run_id=run_id,
-            database_url=settings.ledger_url(),
-            return_state=True,
-            **params,
-        )
+    # The flow reads the ledger from the settings, as a worker does: the URL (and its password)
+    # never becomes a flow parameter, which Prefect would store in clear.
+    with progress(ledger, run_id), ledger_in_environment(settings.ledger_url()):
+        state = send_campaign(spec=spec, run_id=run_id, return_state=True, **params)
     result = state.result(raise_on_failure=False)
     with suppress(MailcastError):
         show_summary(ledger, run_id)
     if state.is_failed():
         if isinstance(result, MailcastError):
             fail(result)
-        err.print(f"[bold red]error:[/] the run failed: {result}")
+        err.print(f"[bold red]error:[/] the run failed: {safe(result)}")
         raise typer.Exit(1)
     return result
 
@@ -99,13 +110,15 @@ def show_summary(ledger: Any, run_id: str) -> None:
 
     s = summarize_run(ledger, run_id)
     mode = "dry run: written to the outbox" if s.dry_run else "sent over SMTP"
-    out.print(f"\n[bold]{s.campaign}[/] run [bold]{s.run_id}[/] — {s.status} ({mode})")
+    out.print(f"\n[bold]{safe(s.campaign)}[/] run [bold]{s.run_id}[/] — {s.status} ({mode})")
     counts = "  ".join(f"{k} {v}" for k, v in s.counts.items() if v)
     out.print(f"  {counts}  (total {s.total})")
-    for status, reason, n in s.reasons:
-        out.print(f"  {status:8} {n:6d}  {reason}")
-    out.print(f"  via: {s.transport}")
-    out.print(f"  ledger: {s.ledger}")
+    for status, reason, n in s.reasons:  # every reason, with how many rows it stopped
+        out.print(f"  {status:8} {n:6d}  {safe(reason)}")
+    if s.reasons:
+        out.print(f"  the addresses, row by row: mailcast report {s.run_id}")
+    out.print(f"  via: {safe(s.transport)}")
+    out.print(f"  ledger: {safe(s.ledger)}")
 
 
 def smtp_params(smtp: str | None, smtp_block: str | None, settings: Settings) -> dict[str, Any]:
@@ -129,3 +142,23 @@ def without_password(url: str | None) -> str | None:
         return url
     os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(password)
     return redact_url(url, mask=None)
+
+
+CHECK_TIMEOUT = 10.0  # seconds: a server that does not answer at all is reported this soon
+
+
+def check_smtp(params: dict[str, Any]) -> None:
+    """Connect, start TLS and log in once before Prefect starts: a refused port, a TLS problem
+    or a wrong password is one line (host:port and a hint) within seconds. An SMTP block is
+    checked by the flow (loading it needs Prefect)."""
+    from dataclasses import replace
+
+    from mailcast.transport.smtp import SmtpConfig, SmtpTransport
+
+    if params.get("smtp_block") or not params.get("smtp_url"):
+        return
+    config = SmtpConfig.from_url(params["smtp_url"], Settings().smtp_password)
+    transport = SmtpTransport(replace(config, timeout=min(config.timeout, CHECK_TIMEOUT)))
+    transport.open()
+    transport.close()
+    err.print(f"[dim]SMTP server {safe(config.where)}: connected, ready[/]")

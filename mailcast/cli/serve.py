@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mailcast.cli.common import DbOpt, app, err, guarded, settings_for
+from mailcast.cli.common import DbOpt, app, err, guarded, safe, settings_for
 
 
 @app.command()
@@ -34,7 +34,7 @@ def serve(
 
     application = create_app(settings_for(db).ledger_url())
     err.print(
-        f"tracking service on http://{host}:{port} (ledger: {application.state.service.ledger.where})"
+        f"tracking service on http://{host}:{port} (ledger: {safe(application.state.service.ledger.where)})"
     )
     uvicorn.run(
         application,

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mailcast.cli.common import DbOpt, guarded, open_ledger, out, settings_for
+from mailcast.cli.common import DbOpt, guarded, open_ledger, out, safe, settings_for
 from mailcast.errors import SpecError
 
 suppress_app = typer.Typer(
@@ -65,14 +65,17 @@ def suppress_list(
     grid = Table("address", "reason", "source", "since", box=None, pad_edge=False)
     for e in rows:
         grid.add_row(
-            e.address_key, e.reason, e.source or "", e.created_at.strftime("%Y-%m-%d %H:%M")
+            safe(e.address_key),
+            safe(e.reason),
+            safe(e.source or ""),
+            e.created_at.strftime("%Y-%m-%d %H:%M"),
         )
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000)
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
     (out if out.is_terminal else wide).print(grid)
     counts = suppression.counts(ledger.engine)
     total = sum(counts.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    out.print(f"[dim]{total} suppressed ({detail or 'none'}); ledger: {ledger.where}[/]")
+    out.print(f"[dim]{total} suppressed ({detail or 'none'}); ledger: {safe(ledger.where)}[/]")
 
 
 @suppress_app.command("import")
@@ -92,6 +95,6 @@ def suppress_import(
         f" list, {len(result.invalid)} invalid"
     )
     for line, address, why in result.invalid[:20]:
-        out.print(f"  line {line}: {address}: {why}")
+        out.print(f"  line {line}: {safe(address)}: {safe(why)}")
     if len(result.invalid) > 20:
         out.print(f"  … and {len(result.invalid) - 20} more")

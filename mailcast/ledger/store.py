@@ -819,8 +819,8 @@ class Ledger:
             found = {s: n for s, n in conn.execute(query).all()}
         return {s: found.get(s, 0) for s in STATUSES}
 
-    def reasons(self, run_id: str, limit: int = 20) -> list[tuple[str, str, int]]:
-        """(status, reason, count) for rows not sent, most frequent first."""
+    def reasons(self, run_id: str, limit: int | None = 20) -> list[tuple[str, str, int]]:
+        """(status, reason, count) for rows not sent, most frequent first (``limit=None``: all)."""
         cut = func.substr(func.coalesce(D.c.reason, ""), 1, 120).label("why")
         query = (
             select(D.c.status, cut, func.count().label("n"))

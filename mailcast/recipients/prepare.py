@@ -96,7 +96,7 @@ def plan_rows(
         spec.name,
         spec.model_dump(mode="json"),
         dry_run=target.dry_run,
-        transport=target.describe(),
+        transport=target.record(),  # password-free: resume and retry reach the same server
         run_id=run_id,
     )
     try:
