@@ -66,7 +66,7 @@ def progress(ledger: Any, run_id: str) -> Iterator[None]:
 def ledger_in_environment(url: str) -> Iterator[None]:
     """MAILCAST_DATABASE_URL set to ``url`` while the flow runs in this process (and in the
     worker processes it starts)."""
-    before = os.environ.get("MAILCAST_DATABASE_URL")
+    before = Settings().database_url  # what the environment said before
     os.environ["MAILCAST_DATABASE_URL"] = url
     try:
         yield
