@@ -196,3 +196,29 @@ def test_a_missing_smtp_block_is_one_line_not_a_traceback(
     assert f"no saved SMTP block named {name!r}" in state.message
     with pytest.raises(TransportError):
         state.result()
+
+
+def test_commands_without_a_flow_never_import_prefect(tmp_path: Path) -> None:
+    """runs, report, db, suppress, init, validate and preview answer without Prefect."""
+    db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from mailcast.cli import app\n"
+        "r = CliRunner()\n"
+        "codes = [r.invoke(app, a).exit_code for a in json.loads(sys.argv[1])]\n"
+        "print(codes, 'prefect' in sys.modules)\n"
+    )
+    commands = [
+        ["db", "upgrade", "--db", db], ["runs", "--db", db], ["suppress", "list", "--db", db],
+        ["report", "no-such-run", "--db", db], ["init", str(tmp_path / "x")],
+        ["validate", str(tmp_path / "x" / "campaign.yaml")],
+        ["preview", str(tmp_path / "x" / "campaign.yaml"), "--out", str(tmp_path / "p")],
+    ]  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILCAST_")}
+    environ["MAILCAST_DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(commands)],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "[0, 0, 0, 2, 0, 0, 0] False", proc.stdout + proc.stderr
