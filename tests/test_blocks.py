@@ -60,7 +60,7 @@ def test_password_is_secret_and_masked() -> None:
 
 
 def test_block_register_finds_the_block() -> None:
-    # `prefect block register -m blocks` registers every Block class among the module's members
+    # `prefect block register -m mailcast.blocks` registers every Block class among the module's members
 
     found = [cls for _, cls in inspect.getmembers(mailcast.blocks) if Block.is_block_class(cls)]
     assert found == [SmtpServer]
