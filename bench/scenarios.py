@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import resource
 import shutil
@@ -273,9 +274,10 @@ def mailcast(
     from mailcast.spec import load_spec
 
     spec = load_spec(campaign(workdir / f"campaign-{n}", n, **spec_extra))
+    os.environ["MAILCAST_DATABASE_URL"] = db_url  # the flow reads its ledger from the settings
     t = time.perf_counter()
     cpu = cpu_seconds()
-    summary = send_campaign(spec=spec, dry_run=False, smtp_url=smtp_url, database_url=db_url)
+    summary = send_campaign(spec=spec, dry_run=False, smtp_url=smtp_url)
     seconds = time.perf_counter() - t
     return {
         "messages": summary.counts.get("sent", 0),
