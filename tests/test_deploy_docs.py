@@ -38,8 +38,7 @@ def test_every_deployment_is_documented_with_its_parameters_and_schedule() -> No
         # the parameters column names each parameter in backticks (values are not in backticks)
         documented = set(re.findall(r"`(\w+)`", row.split(" | ")[2]))
         parameters = set(inspect.signature(flow.fn).parameters)
-        # (database_url is on its way out of the flows' parameters: issue 11 §4)
-        assert parameters <= documented and documented - parameters <= {"database_url"}, (
+        assert documented == parameters, (
             f"docs/deploy.md, {key}: parameters documented but not in the flow:"
             f" {sorted(documented - parameters)}; in the flow but not documented:"
             f" {sorted(parameters - documented)}"
