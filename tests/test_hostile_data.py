@@ -266,3 +266,15 @@ def test_the_flow_sends_to_everyone_but_the_nul_address_on_postgres(
     by_row = deliveries(pg_url, run.id)
     assert by_row[252]["status"] == "skipped" and "NUL" in str(by_row[252]["reason"])
     assert sum(1 for d in by_row.values() if d["status"] == "sent") == 299
+
+
+def test_a_nul_in_a_header_name_is_refused_naming_the_column(tmp_path: Path) -> None:
+    """A header is in the first 8 KB (where the binary probe refuses NUL bytes) unless it is
+    very long; a SQL column name can hold one too. Refused, naming the column."""
+    from mailcast.errors import SourceError
+
+    header = "email," + ",".join(f"c{i}" for i in range(2000)) + ",bad\x00name\n"
+    assert len(header) > 8 * 1024
+    (tmp_path / "r.csv").write_text(header + "a@example.com\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"column 2002: the header name 'bad\\x00name' holds"):
+        read_recipients(RecipientSource(path="r.csv"), tmp_path)

@@ -70,6 +70,12 @@ def check_header(header: Sequence[str], source: RecipientSource, where: str) -> 
                 where=where,
                 hint="give every column a name in the header row",
             )
+        if "\x00" in name:
+            raise SourceError(
+                f"column {number}: the header name {name!r} holds a NUL byte",
+                where=where,
+                hint="export the recipients again as CSV (UTF-8) or .xlsx",
+            )
         if name in seen:
             raise SourceError(
                 f"column {number}: duplicate header name {name!r} (also column {seen[name]})",
