@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import Envelope, Session
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from mailcast.capture import CaptureHandler, CaptureServer, CaptureSMTP
@@ -83,7 +84,18 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
         run = next(r for r in ledger.runs() if r.campaign == "test-campaign")
         rows_at_kill = list(ledger.deliveries(run.id))
         sent_before = {r["address"] for r in rows_at_kill if r["status"] == "sent"}
-        in_flight = {r["address"] for r in rows_at_kill if r["status"] == "sending"}
+        sending = {r["address"] for r in rows_at_kill if r["status"] == "sending"}
+        with ledger.engine.connect() as conn:  # handed over: their messages may be at the server
+            handed = set(
+                conn.execute(
+                    text(
+                        "SELECT address FROM deliveries WHERE run_id = :r AND handed_at IS NOT NULL"
+                    ),
+                    {"r": run.id},
+                ).scalars()
+            )
+        in_flight = sending & handed  # at most one per connection
+        reserved = sending - handed  # claimed, nothing of them sent: resume sends them
         assert 0 < len(sent_before) < 1500, "the kill must land mid-run"
         assert run.status == "sending"
 
@@ -105,8 +117,11 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
     assert all(captured[a] == 1 for a in sent_before)
     # nobody got two copies at all (the default policy does not re-send unknown rows)
     assert max(captured.values()) == 1
-    # unknown rows are exactly those in flight at the kill, and they were not re-sent
+    # unknown rows are exactly those in flight at the kill (at most one per connection), and
+    # they were not re-sent; rows only reserved at the kill were sent on resume
     assert unknown == in_flight
+    assert len(in_flight) <= 2  # connections: 2
+    assert all(captured[a] == 1 and final[a]["status"] == "sent" for a in reserved)
     # every other recipient was delivered, once, and is recorded as sent
     everyone = {r["email"] for r in rows}
     assert {a for a, r in final.items() if r["status"] == "sent"} == everyone - unknown
