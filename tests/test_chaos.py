@@ -288,7 +288,7 @@ def test_chaos_kills_then_resume_default_policy(
     campaign = f"chaos-{seed}"
     spec = write_campaign(
         tmp_path, rows, name=campaign, attachments=False,
-        spec_extra={"connections": CONNECTIONS, "chunk_size": 1000},
+        spec_extra={"connections": CONNECTIONS, "chunk_size": 1000, "crash_window": "message"},
     )  # fmt: skip
     print(f"\nchaos seed {seed} (MAILCAST_CHAOS_SEED={seed} replays it): {n} recipients")
     with chaos(tmp_path, pg_url, campaign, seed) as c:

@@ -65,6 +65,7 @@ class SlowServer(CaptureServer):
 
 
 def _plan(tmp_path: Path, url: str, n: int, **extra: Any) -> tuple[Any, str, Ledger]:
+    extra = {"crash_window": "message", **extra}  # each message handed over on its own
     spec = load_spec(write_campaign(tmp_path, people(n), attachments=False, spec_extra=extra))
     target = Target(smtp_url="smtp://127.0.0.1:1?security=none")
     planned = prepare_run(url, spec, target)

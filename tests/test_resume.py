@@ -54,7 +54,10 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
 
     rows = people(1500)
     spec = write_campaign(
-        tmp_path, rows, attachments=False, spec_extra={"connections": 2, "chunk_size": 300}
+        tmp_path,
+        rows,
+        attachments=False,
+        spec_extra={"connections": 2, "chunk_size": 300, "crash_window": "message"},
     )
     log = tmp_path / "send.log"
     with SlowServer() as server:

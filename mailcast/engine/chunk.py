@@ -145,6 +145,7 @@ def send_chunk(
             sender_for=composer.sender_for if composer.per_message_sender else None,
             work=work,
             token=token,
+            per_message=spec.crash_window == "message",
         )
 
     try:

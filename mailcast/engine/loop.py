@@ -145,6 +145,7 @@ class _Connection:
     work: ChunkWork
     sender_for: Callable[[Claim], str | None] | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this sender's claims
+    per_message: bool = True  # hand each row over on its own (else: the batch, when claimed)
     result: ChunkResult = field(default_factory=ChunkResult)
     deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
     unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
@@ -167,12 +168,17 @@ def run_connection(
     sender_for: Callable[[Claim], str | None] | None = None,
     work: ChunkWork | None = None,
     token: str | None = None,
+    per_message: bool = True,
 ) -> ChunkResult:
     """Send every pending row of ``run_id`` with id in [lo, hi] over ``transport`` (one
     connection); return what happened. Several calls (threads, one connection each) may share
     one ``work`` (the chunk's rows, see :class:`ChunkWork`); without it the rows are listed here.
     ``sender_for`` gives a row's own envelope sender (a VERP return path), None for ``sender``.
     ``token`` names this sender's claims in the ledger (the connections of a chunk share one).
+    ``per_message`` (the campaign's ``crash_window: message``) hands each row over just before
+    its message goes on the wire: a crash leaves at most that message in doubt. Without it the
+    claimed batch is handed over with the claim (one statement a batch): a crash leaves the
+    batch's unsent rows in doubt too.
 
     Raises RunStopped when the run stopped (this chunk's failures, or another thread's), and
     AuthError/TlsError when the server refuses the credentials or TLS (the run is stopped too).
@@ -186,6 +192,7 @@ def run_connection(
     )
     if token is not None:
         chunk.token = token
+    chunk.per_message = per_message
     batch_size = 10
     try:
         control.check()
@@ -207,9 +214,17 @@ def run_connection(
             # The previous batch's outcomes and this claim: one transaction. The rows are only
             # reserved: each is handed over (``_hand_over``) just before its message is sent.
             record = chunk.unrecorded
+            hand_over = () if per_message else ids  # by batch: handed over with the claim
             claims = _ledger(
                 chunk,
-                partial(store.exchange, run_id, token=chunk.token, record=record, claim=ids),
+                partial(
+                    store.exchange,
+                    run_id,
+                    token=chunk.token,
+                    record=record,
+                    claim=ids,
+                    hand_over=hand_over,
+                ),
             ).claims
             _recorded(chunk)
             if not claims:
@@ -292,7 +307,7 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             if chunk.pacer is not None:
                 chunk.pacer.wait()
             control.gate()
-            if not _hand_over(chunk, claim):
+            if chunk.per_message and not _hand_over(chunk, claim):
                 done.add(claim.id)  # taken back by a resume elsewhere: not ours to send
                 continue
             in_flight = claim.id
