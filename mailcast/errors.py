@@ -17,20 +17,25 @@
     │   ├── AuthError             the server refused the credentials, or requires authentication
     │   │                         (530/534/535/538, 5.7.8 ... at any stage): stops the run at once
     │   ├── TlsError              TLS could not be established: stops the run at once
-    │   └── SmtpReplyError        a refusal of one message; .code, .stage (MAIL/RCPT/DATA),
-    │       │                     .permanent (5xx) or temporary (4xx), .from_server
-    │       └── ConnectionLost    the connection dropped mid-message (temporary); .maybe_delivered
-    │                             when only the reply to the final dot is missing
+    │   └── DeliveryRefused       one message refused, transport-neutral: .kind (temporary,
+    │       │                     throttled: the whole run slows down, permanent), .code (the
+    │       │                     SMTP reply code or the provider's), .text, .from_server
+    │       ├── SmtpReplyError    an SMTP refusal; .stage (MAIL/RCPT/DATA), kind from the code
+    │       └── ConnectionLost    the connection dropped (or timed out) mid-message (temporary);
+    │                             .maybe_delivered when only the reply to the whole message (the
+    │                             final dot, an API request sent whole) is missing: unknown
     ├── TrackingError             no usable tracking secret (MAILCAST_TRACKING_SECRET or its block)
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
 
-Per-message outcomes (SmtpReplyError) never reach the user as tracebacks: the send step records
+Per-message outcomes (DeliveryRefused) never reach the user as tracebacks: the send step records
 them in the ledger. Everything else is turned by the CLI into one line: ``error: <where>: <msg>``
 followed by ``hint: <hint>``.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class MailcastError(Exception):
@@ -131,11 +136,65 @@ class TlsError(TransportError):
     )
 
 
-class SmtpReplyError(TransportError):
-    """One message was refused. 4xx is temporary (retry later), 5xx permanent. ``stage``: the
-    command refused (MAIL, RCPT, DATA). ``from_server`` is False when mailcast itself refused to
-    send the message to this server (e.g. an internationalized address to a server without
-    SMTPUTF8): ``code`` then only says how final it is, and the refusal is never a bounce."""
+class RefusalKind(StrEnum):
+    """How final a refusal of one message is, whatever the transport."""
+
+    TEMPORARY = "temporary"  # try again later
+    THROTTLED = "throttled"  # try again later, and the whole run slows down
+    PERMANENT = "permanent"  # final for this recipient
+
+
+# SMTP replies that mean "slow down" rather than "not this message" (RFC 5321, RFC 3463).
+SMTP_THROTTLE_CODES = frozenset({421, 451, 454})
+
+
+class DeliveryRefused(TransportError):
+    """One message was refused by the server or the provider: the transport-neutral outcome.
+
+    ``kind`` says how final it is (``RefusalKind``); ``code`` is the SMTP reply code or the
+    provider's code (an HTTP status for API providers); ``text`` the reply or the provider's
+    message; ``stage`` the SMTP command refused (MAIL, RCPT, DATA; empty for API providers).
+    ``from_server`` is False when mailcast itself refused to send the message there (e.g. an
+    internationalized address to a server without SMTPUTF8): never a bounce."""
+
+    def __init__(
+        self,
+        code: int,
+        text: str,
+        *,
+        kind: RefusalKind | str = RefusalKind.PERMANENT,
+        where: str | None = None,
+        stage: str = "",
+        from_server: bool = True,
+    ) -> None:
+        self.code = code
+        self.text = text
+        self.kind = RefusalKind(kind)
+        self.stage = stage
+        self.from_server = from_server
+        super().__init__(f"{code} {text}".strip() if code else text, where=where)
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is RefusalKind.PERMANENT
+
+    @property
+    def throttled(self) -> bool:
+        return self.kind is RefusalKind.THROTTLED
+
+
+def smtp_refusal_kind(code: int) -> RefusalKind:
+    """An SMTP reply code's kind: 5xx permanent, 421/451/454 throttled, other 4xx temporary."""
+    if 500 <= code < 600:
+        return RefusalKind.PERMANENT
+    if code in SMTP_THROTTLE_CODES:
+        return RefusalKind.THROTTLED
+    return RefusalKind.TEMPORARY
+
+
+class SmtpReplyError(DeliveryRefused):
+    """One message was refused by an SMTP server. 4xx is temporary (421/451/454: throttled),
+    5xx permanent. ``stage``: the command refused (MAIL, RCPT, DATA)."""
 
     def __init__(
         self,
@@ -146,21 +205,21 @@ class SmtpReplyError(TransportError):
         stage: str = "",
         from_server: bool = True,
     ) -> None:
-        self.code = code
-        self.text = text
-        self.stage = stage
-        self.from_server = from_server
-        super().__init__(f"{code} {text}".strip(), where=where)
+        super().__init__(
+            code,
+            text,
+            kind=smtp_refusal_kind(code),
+            where=where,
+            stage=stage,
+            from_server=from_server,
+        )
 
-    @property
-    def permanent(self) -> bool:
-        return 500 <= self.code < 600
 
-
-class ConnectionLost(SmtpReplyError):
+class ConnectionLost(DeliveryRefused):
     """The connection dropped (or timed out) during ``stage``, before the server's reply.
-    ``maybe_delivered``: the whole message was sent and only the server's reply to it is
-    missing: the server may have accepted it (the engine records the row ``unknown``)."""
+    ``maybe_delivered``: the whole message was sent (the final dot, or an API request sent
+    whole) and only the reply to it is missing: the server may have accepted it (the engine
+    records the row ``unknown``). Any transport raises it; the next ``send`` reconnects."""
 
     def __init__(
         self,
@@ -170,12 +229,8 @@ class ConnectionLost(SmtpReplyError):
         stage: str = "",
         maybe_delivered: bool = False,
     ) -> None:
-        super().__init__(0, text, where=where, stage=stage)
+        super().__init__(0, text, kind=RefusalKind.TEMPORARY, where=where, stage=stage)
         self.maybe_delivered = maybe_delivered
-
-    @property
-    def permanent(self) -> bool:
-        return False
 
 
 class TrackingError(MailcastError):

@@ -19,6 +19,7 @@ from mailcast.errors import (
     AuthError,
     ConnectError,
     ConnectionLost,
+    DeliveryRefused,
     SmtpReplyError,
     SpecError,
     TlsError,
@@ -256,7 +257,7 @@ def test_drop_during_data_is_connection_lost_then_reconnects() -> None:
         with pytest.raises(ConnectionLost) as info:
             transport.send(SENDER, "r2@example.org", make_message("r2@example.org"))
         err = info.value
-        assert isinstance(err, SmtpReplyError)
+        assert isinstance(err, DeliveryRefused)
         assert (err.code, err.stage, err.permanent) == (0, "DATA", False)
         assert "during DATA" in err.text
         assert err.where == f"127.0.0.1:{server.port}"

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
-from mailcast.errors import AuthError, MailcastError, RunStopped, TlsError
+from mailcast.errors import SMTP_THROTTLE_CODES, AuthError, MailcastError, RunStopped, TlsError
 from mailcast.spec import CampaignSpec
 
 log = logging.getLogger("mailcast.send")
 
-THROTTLE_CODES = frozenset({421, 451, 454})  # "slow down": the whole run backs off
+THROTTLE_CODES = SMTP_THROTTLE_CODES  # "slow down": the whole run backs off
 MAX_BACKOFF_DOUBLINGS = 6  # a backoff grows to at most 64 × the base
 
 

@@ -48,17 +48,17 @@ from functools import partial
 from typing import TypeVar
 
 from mailcast.compose.composer import envelope_address
-from mailcast.engine.control import THROTTLE_CODES, RunControl, backoff, short
+from mailcast.engine.control import RunControl, backoff, short
 from mailcast.engine.pacing import Pacer
 from mailcast.errors import (
     AttachmentError,
     AuthError,
     ConnectError,
     ConnectionLost,
+    DeliveryRefused,
     LedgerUnavailable,
     MessageBuildError,
     RunStopped,
-    SmtpReplyError,
     TemplateError,
     TlsError,
 )
@@ -314,7 +314,7 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             try:
                 mail_from = (chunk.sender_for(claim) if chunk.sender_for else None) or chunk.sender
                 reply = _send_reconnecting(chunk, mail_from, envelope_address(claim.address), data)
-            except SmtpReplyError as exc:
+            except DeliveryRefused as exc:
                 in_flight = None
                 outcome = _refused(chunk, claim, exc, message_id)
                 chunk.unrecorded.append(outcome)
@@ -438,7 +438,7 @@ def _send_reconnecting(chunk: _Connection, sender: str, address: str, data: byte
         return reply
 
 
-def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: str) -> Outcome:
+def _refused(chunk: _Connection, claim: Claim, exc: DeliveryRefused, message_id: str) -> Outcome:
     """The outcome of a refused message; also tells the run's control about it."""
     control, result = chunk.control, chunk.result
     text = short(exc.text)
@@ -467,7 +467,7 @@ def _refused(chunk: _Connection, claim: Claim, exc: SmtpReplyError, message_id: 
         )
     code = exc.code or None
     reply = f"{exc.code} {text}" if exc.code else text
-    if exc.code in THROTTLE_CODES:  # "slow down": the whole run backs off
+    if exc.throttled:  # "slow down": the whole run backs off
         control.throttle(reply)
     final = exc.permanent or claim.attempts >= chunk.max_attempts
     if not final and control.retry_time_left() > 0:

@@ -123,6 +123,7 @@ class Delivery(Base):
         Index("ix_deliveries_run_status", "run_id", "status"),
         Index("ix_deliveries_address_key", "address_key"),
         Index("ix_deliveries_sent_at", "sent_at"),
+        Index("ix_deliveries_provider_message_id", "provider_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -138,6 +139,9 @@ class Delivery(Base):
     smtp_reply: Mapped[str | None] = mapped_column(Text)
     smtp_stage: Mapped[str | None] = mapped_column(String(8))
     message_id: Mapped[str | None] = mapped_column(String(300))
+    # The id an API provider gave the message (SES, SendGrid, Mailgun, Mailjet…): how the
+    # provider's webhook events find their delivery. NULL for SMTP and the outbox.
+    provider_message_id: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -12,6 +12,8 @@ class Reply:
 
     code: int
     text: str
+    # The id an API provider gave the message (None for SMTP and the outbox).
+    provider_message_id: str | None = None
 
 
 class Transport(Protocol):
