@@ -114,7 +114,7 @@ def export_rows(
                 ("row_no", pa.int64()), ("address", pa.string()), ("status", pa.string()),
                 ("reason", pa.string()), ("attempts", pa.int64()), ("smtp_code", pa.int64()),
                 ("smtp_reply", pa.string()), ("message_id", pa.string()),
-                ("sent_at", pa.string()), ("updated_at", pa.string()), ("fields", pa.string()),
+                ("provider_message_id", pa.string()), ("sent_at", pa.string()), ("updated_at", pa.string()), ("fields", pa.string()),
             ]
         )  # fmt: skip
         with pq.ParquetWriter(out, schema) as writer:

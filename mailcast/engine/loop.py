@@ -19,7 +19,10 @@ and retried after an exponential backoff with jitter, up to ``max_attempts``; th
 to the final dot that never comes (a drop or a timeout) → ``unknown``, never retried: the server
 may have the message. An authentication-class reply (530, 535, 5.7.8 …) is an AuthError: it stops
 the run. mailcast's own refusal (no SMTPUTF8 for an internationalized address) → failed, without
-a code or stage.
+a code or stage. An API provider's answers take the same paths by their kind (temporary,
+throttled, permanent; a request sent whole whose response never came → ``unknown``); its code
+(the HTTP status) is part of the reply text and the reason, never ``smtp_code``, and the id it
+gave an accepted message is stored as ``provider_message_id``.
 
 What the threads of one run share (a :class:`RunControl`, one per run per process):
 
@@ -59,11 +62,12 @@ from mailcast.errors import (
     LedgerUnavailable,
     MessageBuildError,
     RunStopped,
+    SmtpReplyError,
     TemplateError,
     TlsError,
 )
 from mailcast.ledger.models import FAILED, PENDING, SENT, UNKNOWN, SmtpStage
-from mailcast.ledger.store import Claim, Outcome, Store
+from mailcast.ledger.store import TEMPORARY_FAILURE, Claim, Outcome, Store
 from mailcast.transport.base import Reply, Transport
 
 log = logging.getLogger("mailcast.send")
@@ -321,14 +325,16 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
                 done.add(claim.id)
                 continue
             in_flight = None
+            provider_id = reply.provider_message_id  # None: an SMTP server's reply
             chunk.unrecorded.append(
                 Outcome(
                     claim.id,
                     SENT,
-                    smtp_code=reply.code,
+                    smtp_code=reply.code if provider_id is None else None,
                     smtp_reply=short(reply.text),
                     message_id=message_id,
-                    smtp_stage=SmtpStage.DATA,
+                    smtp_stage=SmtpStage.DATA if provider_id is None else None,
+                    provider_message_id=provider_id,
                 )
             )
             done.add(claim.id)
@@ -465,8 +471,13 @@ def _refused(chunk: _Connection, claim: Claim, exc: DeliveryRefused, message_id:
             smtp_stage=stage,
             message_id=message_id,
         )
-    code = exc.code or None
+    # An SMTP reply's code goes into ``smtp_code``; an API provider's code (its HTTP status)
+    # only into the reply text and the reason (``smtp_code`` and ``smtp_stage`` stay NULL).
+    smtp = bool(exc.stage) or isinstance(exc, SmtpReplyError)
+    code = (exc.code or None) if smtp else None
     reply = f"{exc.code} {text}" if exc.code else text
+    if not smtp:
+        text = reply
     if exc.throttled:  # "slow down": the whole run backs off
         control.throttle(reply)
     final = exc.permanent or claim.attempts >= chunk.max_attempts
@@ -491,12 +502,12 @@ def _refused(chunk: _Connection, claim: Claim, exc: DeliveryRefused, message_id:
         at = f" at {exc.stage}" if exc.stage else ""
         key, reason = f"rejected {exc.code}", f"rejected{at}: {reply}"
     elif claim.attempts >= chunk.max_attempts:
-        key = "temporary failure"
-        reason = f"temporary failure after {claim.attempts} attempts: {reply}"
+        key = TEMPORARY_FAILURE
+        reason = f"{TEMPORARY_FAILURE} after {claim.attempts} attempts: {reply}"
     else:
-        key = "temporary failure"
+        key = TEMPORARY_FAILURE
         reason = (
-            f"temporary failure, not retried: the run's retry time"
+            f"{TEMPORARY_FAILURE}, not retried: the run's retry time"
             f" ({control.max_retry_seconds:g}s) is used up (attempt {claim.attempts}): {reply}"
         )
     control.failed(reason, exc.where, chunk.run_id)

@@ -32,7 +32,7 @@ class RunSummary:
         return sum(self.counts.values())
 
     def markdown(self) -> str:
-        mode = "dry run (outbox)" if self.dry_run else "sent over SMTP"
+        mode = "dry run (outbox)" if self.dry_run else "sent"
         lines = [
             f"# {self.campaign}: run `{self.run_id}`",
             "",

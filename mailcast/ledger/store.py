@@ -70,18 +70,31 @@ R = cast(Table, Run.__table__)
 C = cast(Table, Campaign.__table__)
 
 
+# How the engine's reason for a temporary failure made final starts (whatever the transport).
+TEMPORARY_FAILURE = "temporary failure"
+
+
 def retryable_failure(t: Any) -> Any:
     """Failed rows that ``mailcast retry --failed`` sends again, told apart by their recorded
     reply (``smtp_code``, ``smtp_stage``), not by their reason's text: temporary failures (a
     final 4xx, or the connection lost during a stage, before any reply) and the sender's own
     refusals (a 5xx to MAIL: the sender's address, its policy or its authentication, not the
     recipient). Not: refusals of the recipient or the message, mailcast's own refusals (no code,
-    no stage), messages that could not be built."""
+    no stage), messages that could not be built.
+
+    An API provider's refusals have no SMTP code or stage; the temporary ones (retries used
+    up, a 5xx or throttling answer) are told apart by the engine's own reason prefix,
+    ``TEMPORARY_FAILURE`` (never the provider's text, which comes after it)."""
     temporary = t.c.smtp_code.between(400, 499) | (
         t.c.smtp_code.is_(None) & t.c.smtp_stage.is_not(None)
     )
     sender = (t.c.smtp_stage == SmtpStage.MAIL) & t.c.smtp_code.between(500, 599)
-    return temporary | sender
+    provider = (
+        t.c.smtp_code.is_(None)
+        & t.c.smtp_stage.is_(None)
+        & t.c.reason.startswith(TEMPORARY_FAILURE, autoescape=True)
+    )
+    return temporary | sender | provider
 
 
 PLAN_BATCH = 5_000
@@ -109,6 +122,7 @@ class Outcome:
     smtp_reply: str | None = None
     message_id: str | None = None
     smtp_stage: SmtpStage | None = None  # the command smtp_code answers (or the reply lost at)
+    provider_message_id: str | None = None  # an API provider's id of the accepted message
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,21 +224,22 @@ RETURNING id
 _PG_RECORD_FROM = (
     "UPDATE deliveries SET status=v.status, reason=v.reason, smtp_code=v.code,"
     " smtp_reply=v.reply, smtp_stage=v.stage,"
-    " message_id=coalesce(v.mid, deliveries.message_id), updated_at=%(now)s,"
+    " message_id=coalesce(v.mid, deliveries.message_id),"
+    " provider_message_id=coalesce(v.pmid, deliveries.provider_message_id), updated_at=%(now)s,"
     " sent_at=CASE WHEN v.status = %(sent)s THEN %(now)s ELSE deliveries.sent_at END"
-    " FROM {source} AS v(id, status, reason, code, reply, stage, mid)"
+    " FROM {source} AS v(id, status, reason, code, reply, stage, mid, pmid)"
     " WHERE deliveries.id = v.id"
     " AND (%(token)s::text IS NULL OR deliveries.claim_token = %(token)s)"
 )
 # A batch of outcomes as arrays; one outcome (the hand-over's common case) as plain values,
-# which psycopg sends with far less work than nine one-element arrays.
+# which psycopg sends with far less work than ten one-element arrays.
 _PG_RECORD = _PG_RECORD_FROM.format(
     source="unnest(%(ids)s::bigint[], %(status)s::text[], %(reason)s::text[], %(code)s::int[],"
-    " %(reply)s::text[], %(stage)s::text[], %(mid)s::text[])"
+    " %(reply)s::text[], %(stage)s::text[], %(mid)s::text[], %(pmid)s::text[])"
 )
 _PG_RECORD_ONE = _PG_RECORD_FROM.format(
     source="(VALUES (%(id1)s::bigint, %(status1)s::text, %(reason1)s::text, %(code1)s::int,"
-    " %(reply1)s::text, %(stage1)s::text, %(mid1)s::text))"
+    " %(reply1)s::text, %(stage1)s::text, %(mid1)s::text, %(pmid1)s::text))"
 )
 
 
@@ -324,6 +339,7 @@ def _record_one_params(o: Outcome | None, token: str | None) -> dict[str, Any]:
         "reply1": o.smtp_reply if o else None,
         "stage1": str(o.smtp_stage) if o and o.smtp_stage else None,
         "mid1": o.message_id if o else None,
+        "pmid1": o.provider_message_id if o else None,
         "now": utcnow(),
         "sent": str(SENT),
         "token": token,
@@ -339,6 +355,7 @@ def _record_params(outcomes: Sequence[Outcome], token: str | None) -> dict[str, 
         "reply": [o.smtp_reply for o in outcomes],
         "stage": [o.smtp_stage and str(o.smtp_stage) for o in outcomes],
         "mid": [o.message_id for o in outcomes],
+        "pmid": [o.provider_message_id for o in outcomes],
         "now": utcnow(),
         "sent": str(SENT),
         "token": token,
@@ -358,6 +375,7 @@ _RECORD = (
         smtp_reply=bindparam("b_reply"),
         smtp_stage=bindparam("b_stage"),
         message_id=func.coalesce(bindparam("b_mid"), D.c.message_id),
+        provider_message_id=func.coalesce(bindparam("b_pmid"), D.c.provider_message_id),
         updated_at=bindparam("b_now", type_=DateTime(timezone=True)),
         sent_at=func.coalesce(bindparam("b_sent", type_=DateTime(timezone=True)), D.c.sent_at),
     )
@@ -743,6 +761,7 @@ class Ledger:
                     "b_reply": o.smtp_reply,
                     "b_stage": o.smtp_stage,
                     "b_mid": o.message_id,
+                    "b_pmid": o.provider_message_id,
                     "b_now": now,
                     "b_sent": now if o.status == SENT else None,
                     "b_token": token,
@@ -838,7 +857,7 @@ class Ledger:
 
     REPORT_COLUMNS = (
         "row_no", "address", "status", "reason", "attempts", "smtp_code", "smtp_reply",
-        "message_id", "sent_at", "updated_at", "fields",
+        "message_id", "provider_message_id", "sent_at", "updated_at", "fields",
     )  # fmt: skip
 
     def deliveries(self, run_id: str, *, batch: int = 10_000) -> Iterator[dict[str, Any]]:
