@@ -62,6 +62,10 @@ class SmtpServer(Block):
         "self-signed certificates.",
     )
 
+    def setup(self) -> SmtpConfig:
+        """The transport registry's entry (``factory.KINDS``)."""
+        return self.to_config()
+
     def to_config(self) -> SmtpConfig:
         """The settings as mailcast's transport configuration."""
         return SmtpConfig(

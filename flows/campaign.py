@@ -7,7 +7,8 @@ unless ``dry_run`` is false, messages are written to an outbox folder and nothin
 
 No secret is a parameter (Prefect stores parameters in clear): the ledger is the worker's
 (MAILCAST_DATABASE_URL; the CLI sets it for the flows it runs in its own process) and an SMTP
-password comes from MAILCAST_SMTP_PASSWORD or the SMTP block.
+password comes from MAILCAST_SMTP_PASSWORD or the SMTP block, an API provider's keys from its
+block (``transport_block``).
 
 Sending: ``tasks.dispatch.send_run`` hands the run's pending rows out as chunks to ``send-chunk``
 tasks, each over one or more connections; with ``workers: 1`` they run in this process, with
@@ -62,12 +63,16 @@ def send_campaign(
     resume: bool = False,
     resend_unknown: bool = False,
     retry_failed: bool = False,
+    transport_block: str | None = None,
+    transport_url: str | None = None,
 ) -> RunSummary:
-    """Send a campaign (or, with ``resume``, continue run ``run_id``)."""
+    """Send a campaign (or, with ``resume``, continue run ``run_id``). The transport: a saved
+    block (``transport_block``: NAME or KIND/NAME; ``smtp_block``: an SMTP block's name) or a
+    URL without secrets (``transport_url``: smtp://…, ses://REGION …; ``smtp_url``)."""
     try:
+        target = (transport_block, smtp_block, transport_url, smtp_url)
         return _send_campaign(
-            spec, dry_run, smtp_block, smtp_url, outbox_dir, run_id, resume,
-            resend_unknown, retry_failed,
+            spec, dry_run, target, outbox_dir, run_id, resume, resend_unknown, retry_failed,
         )  # fmt: skip
     except MailcastError as exc:
         # The user's to fix (a paused run, credentials, TLS...): the flow run fails with the
@@ -79,8 +84,7 @@ def send_campaign(
 def _send_campaign(
     spec: CampaignSpec,
     dry_run: bool,
-    smtp_block: str | None,
-    smtp_url: str | None,
+    chosen: tuple[str | None, str | None, str | None, str | None],
     outbox_dir: str | None,
     run_id: str | None,
     resume: bool,
@@ -93,7 +97,11 @@ def _send_campaign(
     # A run's id is the flow run's id unless given: a Prefect retry of this flow run finds its
     # run already planned and resumes it instead of planning (and sending) a second time.
     run_id = run_id or flow_run.get_id() or str(uuid.uuid4())
-    target = target_for(settings, dry_run, smtp_block, smtp_url, outbox_dir, run_id)
+    transport_block, smtp_block, transport_url, smtp_url = chosen
+    target = target_for(
+        settings, dry_run, smtp_block, smtp_url, outbox_dir, run_id,
+        transport_block=transport_block, transport_url=transport_url,
+    )  # fmt: skip
     resume = resume or run_planned_task(database_url, run_id)
     # the SMTP server's concurrency limit (name, size): every connection of the run holds it
     limit = (

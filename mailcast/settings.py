@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, description="smtp://user@host:port?security=...")
     smtp_password: SecretStr | None = None
     smtp_block: str | None = Field(default=None, description="Name of a saved SMTP server block")
+    transport_url: str | None = Field(
+        default=None, description="The transport by URL: smtp://…, ses://REGION, sendgrid://…"
+    )
+    transport_block: str | None = Field(
+        default=None, description="Name of a saved transport block (NAME or KIND/NAME)"
+    )
     campaign_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Folders campaign folders (a spec's base_dir) must be inside, besides the "

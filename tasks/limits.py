@@ -50,12 +50,7 @@ def limit_name(target: Target) -> str | None:
     """The limit of ``target``'s SMTP server; None for a dry run (no server)."""
     if target.dry_run:
         return None
-    if target.smtp_block:
-        return f"smtp:{target.smtp_block}"
-    from mailcast.transport.factory import smtp_config
-
-    config = smtp_config(target)
-    return f"smtp:{config.host.lower()}:{config.port}"
+    return target.limit_key()
 
 
 def ensure_limit(name: str, size: int) -> int | None:

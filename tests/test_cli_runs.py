@@ -74,14 +74,14 @@ def test_retry_and_resume_use_the_server_the_run_was_sent_through(
         run = Ledger(db).runs()[0]
         # recorded structured and password-free
         recorded = json.loads(run.transport or "")
-        assert recorded["smtp_url"] == url and recorded["outbox"] is None
+        assert recorded["url"] == url and recorded["outbox"] is None
         assert PASSWORD not in (run.transport or "")
         assert f"via: 127.0.0.1:{server.port}" in sent.stdout
 
         server.rules.clear()  # the greylisting has passed
         retried = invoke("retry", run.id, "--failed", "--db", db)  # no --smtp
         assert retried.exit_code == 0, retried.output
-        assert f"via the run's server: 127.0.0.1:{server.port}" in retried.stdout
+        assert f"via the run's transport: 127.0.0.1:{server.port}" in retried.stdout
         assert "sent 6" in retried.stdout
 
         resumed = invoke("resume", run.id[:8], "--db", db)  # nothing left: still no refusal

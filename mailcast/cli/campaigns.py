@@ -22,9 +22,24 @@ from mailcast.cli.common import (
     settings_for,
     tracking_line,
 )
-from mailcast.cli.flowrun import check_smtp, run_flow, smtp_params
+from mailcast.cli.flowrun import check_transport, run_flow, transport_params
 from mailcast.errors import SpecError
 from mailcast.settings import Settings
+
+SmtpOpt = Annotated[
+    str | None, typer.Option(help="smtp://user@host:port?security=... (same as --transport)")
+]
+SmtpBlockOpt = Annotated[str | None, typer.Option(help="Name of a saved SMTP block")]
+TransportOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The transport by URL, no secret in it: smtp://…, ses://REGION, sendgrid://…"
+    ),
+]
+TransportBlockOpt = Annotated[
+    str | None,
+    typer.Option(help="A saved transport block: NAME or KIND/NAME (smtp/…, ses/…, …)"),
+]
 
 
 def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
@@ -50,10 +65,22 @@ def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
 def validate(
     spec: SpecArg,
     show: Annotated[int, typer.Option(help="How many rejected rows to list")] = 50,
+    smtp: SmtpOpt = None,
+    smtp_block: SmtpBlockOpt = None,
+    transport: TransportOpt = None,
+    transport_block: TransportBlockOpt = None,
 ) -> None:
-    """Check the spec, templates and every recipient row; list the rejected rows."""
+    """Check the spec, templates and every recipient row; list the rejected rows. With a
+    transport (the options or the settings), check what can be checked without sending: the
+    URL's form, that the block exists, the region, credentials present."""
     started = time.monotonic()
     campaign, table, templates = prepare(spec)
+    chosen = {"smtp": smtp, "smtp_block": smtp_block, "transport": transport}
+    chosen["transport_block"] = transport_block
+    settings = settings_for(None)
+    configured = (settings.transport_url, settings.transport_block, settings.smtp_url)
+    if any(chosen.values()) or any(configured) or settings.smtp_block:
+        validate_transport(transport_params(settings, **chosen))
     rejected = table.rejected
     out.print(
         f"[bold]{safe(campaign.name)}[/]: {len(table.rows)} rows from {safe(table.source)} "
@@ -69,6 +96,16 @@ def validate(
         if len(rejected) > show:
             out.print(f"  … and {len(rejected) - show} more (--show N)")
     out.print(f"[dim]checked in {time.monotonic() - started:.1f}s[/]")
+
+
+def validate_transport(params: dict[str, Any]) -> None:
+    """``validate``'s check of the transport (none given: nothing to check)."""
+    from mailcast.transport.factory import Target, check_target
+
+    if not (params["transport_url"] or params["transport_block"]):
+        return
+    target = Target(url=params["transport_url"], block=params["transport_block"])
+    out.print(f"  transport: {safe(check_target(target))} (checked without sending)")
 
 
 @app.command()
@@ -103,10 +140,12 @@ def preview(
 def send(
     spec: SpecArg,
     really_send: Annotated[
-        bool, typer.Option("--send", help="Really send over SMTP (default: dry run to the outbox)")
+        bool, typer.Option("--send", help="Really send (default: dry run to the outbox)")
     ] = False,
-    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
-    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    smtp: SmtpOpt = None,
+    smtp_block: SmtpBlockOpt = None,
+    transport: TransportOpt = None,
+    transport_block: TransportBlockOpt = None,
     db: DbOpt = None,
     outbox: Annotated[Path | None, typer.Option(help="Outbox folder for dry runs")] = None,
 ) -> None:
@@ -114,24 +153,28 @@ def send(
     settings = settings_for(db)
     campaign, table, _ = prepare(spec, db)  # refuse bad templates/attachments before Prefect
     out.print(tracking_line(campaign, check_secret=True))
-    params = smtp_params(smtp, smtp_block, settings)
-    if really_send and not (params["smtp_url"] or params["smtp_block"]):
+    params = transport_params(
+        settings,
+        smtp=smtp,
+        smtp_block=smtp_block,
+        transport=transport,
+        transport_block=transport_block,
+    )
+    if really_send and not (params["transport_url"] or params["transport_block"]):
         raise SpecError(
-            "--send needs an SMTP server",
-            where="--smtp",
-            hint="pass --smtp smtp://host:port, --smtp-block NAME, or set MAILCAST_SMTP_URL",
+            "--send needs a transport",
+            where="--transport",
+            hint="pass --smtp smtp://host:port, --transport ses://REGION, --transport-block NAME"
+            " or --smtp-block NAME, or set MAILCAST_TRANSPORT_URL or MAILCAST_SMTP_URL",
         )
     if really_send:
-        check_smtp(params)  # a refused port or a wrong password: one line now, not after Prefect
+        # a refused port, a wrong password, a bad region: one line now, not after Prefect
+        check_transport(params)
     run_id = str(uuid.uuid4())
     out.print(
         f"run [bold]{run_id}[/]: {safe(campaign.name)}, {len(table.valid)} to send, "
         f"{len(table.rejected)} rejected, "
-        + (
-            "[bold]sending over SMTP[/]"
-            if really_send
-            else "dry run (nothing leaves; --send sends)"
-        )
+        + ("[bold]sending[/]" if really_send else "dry run (nothing leaves; --send sends)")
     )
     run_flow(
         settings,
@@ -143,9 +186,7 @@ def send(
     )
 
 
-def _continue(
-    run_id: str, db: str | None, smtp: str | None, smtp_block: str | None, **flags: Any
-) -> None:
+def _continue(run_id: str, db: str | None, chosen: dict[str, str | None], **flags: Any) -> None:
     from mailcast.spec import CampaignSpec
     from mailcast.transport.factory import Target
 
@@ -161,13 +202,13 @@ def _continue(
     elif dry and run.transport and run.transport.startswith("outbox "):  # recorded as text
         outbox = str(Path(run.transport.removeprefix("outbox ")).parent)
     out.print(f"resuming run [bold]{safe(run.id)}[/] ({safe(run.campaign)}, {run.status})")
-    if smtp or smtp_block or dry or recorded is None or recorded.dry_run:
-        params = smtp_params(smtp, smtp_block, settings)
-    else:  # the server the run was sent through (the password: MAILCAST_SMTP_PASSWORD, block)
-        params = {"smtp_url": recorded.smtp_url, "smtp_block": recorded.smtp_block}
-        out.print(f"via the run's server: {safe(recorded.describe())}")
+    if any(chosen.values()) or dry or recorded is None or recorded.dry_run:
+        params = transport_params(settings, **chosen)
+    else:  # the transport the run was sent through (secrets: its block, the settings)
+        params = {"transport_url": recorded.url, "transport_block": recorded.block}
+        out.print(f"via the run's transport: {safe(recorded.describe())}")
     if not dry:
-        check_smtp(params)
+        check_transport(params)
     run_flow(settings, spec, run.id, resume=True, dry_run=dry, outbox_dir=outbox, **params, **flags)
 
 
@@ -181,12 +222,16 @@ def resume(
             help="Also re-send rows whose fate is unknown (in flight at a crash, or the reply to the message never came)"
         ),
     ] = False,
-    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
-    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    smtp: SmtpOpt = None,
+    smtp_block: SmtpBlockOpt = None,
+    transport: TransportOpt = None,
+    transport_block: TransportBlockOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Continue an interrupted run: sends only to rows not yet sent."""
-    _continue(run_id, db, smtp, smtp_block, resend_unknown=resend_unknown)
+    chosen = {"smtp": smtp, "smtp_block": smtp_block, "transport": transport}
+    chosen["transport_block"] = transport_block
+    _continue(run_id, db, chosen, resend_unknown=resend_unknown)
 
 
 @app.command()
@@ -200,13 +245,17 @@ def retry(
             help="Re-send rows that failed with a temporary error or were refused at MAIL (the sender's problem)",
         ),
     ] = True,
-    smtp: Annotated[str | None, typer.Option(help="smtp://user@host:port?security=...")] = None,
-    smtp_block: Annotated[str | None, typer.Option(help="Name of a saved SMTP block")] = None,
+    smtp: SmtpOpt = None,
+    smtp_block: SmtpBlockOpt = None,
+    transport: TransportOpt = None,
+    transport_block: TransportBlockOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Re-send to the rows of a run that failed with a temporary error (4xx, a lost connection) or
     whose sender was refused (a 5xx at MAIL); refusals of the recipient stay failed."""
-    _continue(run_id, db, smtp, smtp_block, retry_failed=failed)
+    chosen = {"smtp": smtp, "smtp_block": smtp_block, "transport": transport}
+    chosen["transport_block"] = transport_block
+    _continue(run_id, db, chosen, retry_failed=failed)
 
 
 @app.command()

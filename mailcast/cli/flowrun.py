@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from mailcast.cli.common import err, fail, open_ledger, out, safe
-from mailcast.errors import MailcastError
+from mailcast.errors import MailcastError, SpecError
 from mailcast.settings import Settings
 
 
@@ -109,7 +109,7 @@ def show_summary(ledger: Any, run_id: str) -> None:
     from mailcast.engine.summary import summarize_run
 
     s = summarize_run(ledger, run_id)
-    mode = "dry run: written to the outbox" if s.dry_run else "sent over SMTP"
+    mode = "dry run: written to the outbox" if s.dry_run else f"sent over {s.channel}"
     out.print(f"\n[bold]{safe(s.campaign)}[/] run [bold]{s.run_id}[/] — {s.status} ({mode})")
     counts = "  ".join(f"{k} {v}" for k, v in s.counts.items() if v)
     out.print(f"  {counts}  (total {s.total})")
@@ -121,11 +121,28 @@ def show_summary(ledger: Any, run_id: str) -> None:
     out.print(f"  ledger: {safe(s.ledger)}")
 
 
-def smtp_params(smtp: str | None, smtp_block: str | None, settings: Settings) -> dict[str, Any]:
-    return {
-        "smtp_url": without_password(smtp or settings.smtp_url),
-        "smtp_block": smtp_block or settings.smtp_block,
-    }
+def transport_params(
+    settings: Settings,
+    *,
+    smtp: str | None = None,
+    smtp_block: str | None = None,
+    transport: str | None = None,
+    transport_block: str | None = None,
+) -> dict[str, Any]:
+    """The flow's transport parameters (no secret in them): the options first (a block, then
+    a URL), then the settings. A password in an SMTP URL moves to MAILCAST_SMTP_PASSWORD."""
+    from mailcast.transport.factory import choose
+
+    target = choose(
+        transport_block=transport_block,
+        smtp_block=smtp_block,
+        transport_url=without_password(transport or smtp),
+        smtp_url=None,
+        settings=settings,
+    )
+    if target.url is not None and not (transport or smtp):  # from the settings
+        target = type(target)(url=without_password(target.url))
+    return {"transport_url": target.url, "transport_block": target.block}
 
 
 def without_password(url: str | None) -> str | None:
@@ -137,28 +154,41 @@ def without_password(url: str | None) -> str | None:
 
     if not url:
         return url
-    password = urlsplit(url).password
-    if password is None:
+    parts = urlsplit(url)
+    if parts.password is None:
         return url
-    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(password)
+    if parts.scheme.lower() not in ("smtp", "smtps"):
+        raise SpecError(
+            f"a secret in the transport URL {redact_url(url)!r}",
+            where="--transport",
+            hint="save the provider's keys in its Prefect block and pass --transport-block NAME"
+            " (README: the section of your transport)",
+        )
+    os.environ["MAILCAST_SMTP_PASSWORD"] = unquote(parts.password)
     return redact_url(url, mask=None)
 
 
 CHECK_TIMEOUT = 10.0  # seconds: a server that does not answer at all is reported this soon
 
 
-def check_smtp(params: dict[str, Any]) -> None:
-    """Connect, start TLS and log in once before Prefect starts: a refused port, a TLS problem
-    or a wrong password is one line (host:port and a hint) within seconds. An SMTP block is
-    checked by the flow (loading it needs Prefect)."""
+def check_transport(params: dict[str, Any]) -> None:
+    """Before Prefect starts: what can be checked of a transport URL (its form, the region,
+    credentials present) and, for SMTP, connect, start TLS and log in once: a refused port, a
+    TLS problem or a wrong password is one line (host:port and a hint) within seconds. A saved
+    block is checked by the flow (loading it needs Prefect)."""
     from dataclasses import replace
 
+    from mailcast.transport.factory import Target
     from mailcast.transport.smtp import SmtpConfig, SmtpTransport
 
-    if params.get("smtp_block") or not params.get("smtp_url"):
+    if params.get("transport_block") or not params.get("transport_url"):
         return
-    config = SmtpConfig.from_url(params["smtp_url"], Settings().smtp_password)
-    transport = SmtpTransport(replace(config, timeout=min(config.timeout, CHECK_TIMEOUT)))
+    setup = Target(url=params["transport_url"]).setup()
+    setup.check()
+    if not isinstance(setup, SmtpConfig):
+        err.print(f"[dim]{safe(setup.where)}: settings complete[/]")
+        return
+    transport = SmtpTransport(replace(setup, timeout=min(setup.timeout, CHECK_TIMEOUT)))
     transport.open()
     transport.close()
-    err.print(f"[dim]SMTP server {safe(config.where)}: connected, ready[/]")
+    err.print(f"[dim]SMTP server {safe(setup.where)}: connected, ready[/]")

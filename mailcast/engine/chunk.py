@@ -91,16 +91,11 @@ def run_parts(spec: CampaignSpec, run_id: str, database_url: str) -> tuple[Ledge
 
 
 def _transports(target: Target) -> Callable[[], Transport]:
-    """A factory of new, unopened transports to ``target`` (its SMTP settings, or block, are
+    """A factory of new, unopened transports to ``target`` (its settings, or block, are
     looked up once)."""
-    from mailcast.transport.factory import make_transport, smtp_config
+    from mailcast.transport.factory import transports
 
-    if target.dry_run:
-        return lambda: make_transport(target)
-    from mailcast.transport.smtp import SmtpTransport
-
-    config = smtp_config(target)
-    return lambda: SmtpTransport(config)
+    return transports(target)
 
 
 def send_chunk(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from mailcast.ledger.models import DeliveryStatus, RunStatus
 from mailcast.ledger.store import Ledger
-from mailcast.transport.factory import describe_record
+from mailcast.transport.factory import channel_of, describe_record
 
 
 @dataclass
@@ -26,13 +26,14 @@ class RunSummary:
     transport: str | None = None
     ledger: str = ""
     note: str | None = None  # why a paused run stopped
+    channel: str = "SMTP"  # how the messages left: SMTP, Amazon SES …
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def markdown(self) -> str:
-        mode = "dry run (outbox)" if self.dry_run else "sent"
+        mode = "dry run (outbox)" if self.dry_run else f"sent over {self.channel}"
         lines = [
             f"# {self.campaign}: run `{self.run_id}`",
             "",
@@ -92,6 +93,7 @@ def summarize_run(ledger: Ledger, run_id: str) -> RunSummary:
         counts=ledger.counts(run.id),
         reasons=group_reasons(ledger.reasons(run.id, limit=None)),
         transport=describe_record(run.transport),
+        channel=channel_of(run.transport),
         ledger=ledger.where,
         note=run.note if run.status == RunStatus.PAUSED else None,
     )

@@ -19,7 +19,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import SecretStr
@@ -34,6 +34,9 @@ from mailcast.errors import (
 )
 from mailcast.redact import redact_url
 from mailcast.transport.base import Reply
+
+if TYPE_CHECKING:
+    from mailcast.settings import Settings
 
 __all__ = ["DEFAULT_PORTS", "Security", "SmtpConfig", "SmtpTransport"]
 
@@ -97,6 +100,13 @@ class SmtpConfig:
         )
 
     __str__ = __repr__
+
+    def check(self) -> None:
+        """Nothing more to check without connecting (the URL or block was checked when read)."""
+
+    def new_transport(self) -> SmtpTransport:
+        """A new, unopened connection (``factory.TransportSetup``)."""
+        return SmtpTransport(self)
 
     def to_url(self) -> str:
         """The URL form, without the password (for messages and logs)."""
@@ -637,3 +647,9 @@ def _rcpt(smtp: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
         return smtp.rcpt(recipient)
     smtp.putcmd("rcpt", f"to:<{recipient}>")
     return smtp.getreply()
+
+
+def setup_from_url(url: str, settings: Settings) -> SmtpConfig:
+    """The transport registry's entry (``factory.KINDS``): ``smtp://`` or ``smtps://``, the
+    password from ``MAILCAST_SMTP_PASSWORD`` (or the URL)."""
+    return SmtpConfig.from_url(url, settings.smtp_password)
