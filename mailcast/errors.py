@@ -25,6 +25,7 @@
     │                             .maybe_delivered when only the reply to the whole message (the
     │                             final dot, an API request sent whole) is missing: unknown
     ├── TrackingError             no usable tracking secret (MAILCAST_TRACKING_SECRET or its block)
+    ├── DkimError                 the campaign's DKIM key cannot be read or cannot sign
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
 
@@ -238,6 +239,13 @@ class TrackingError(MailcastError):
         "set MAILCAST_TRACKING_SECRET (at least 16 characters, e.g. `python -c 'import secrets;"
         " print(secrets.token_urlsafe(32))'`) or MAILCAST_TRACKING_SECRET_BLOCK (a Prefect Secret"
         " block), the same for the sending worker and `mailcast serve`"
+    )
+
+
+class DkimError(MailcastError):
+    default_hint = (
+        "the campaign's `dkim` needs an unencrypted PEM private key (RSA, 2048-bit, or Ed25519)"
+        " in the Prefect Secret block `key_block` or the file `key_file` (README: DKIM)"
     )
 
 

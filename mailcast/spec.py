@@ -154,6 +154,49 @@ class RecipientSource(BaseModel):
         return self
 
 
+_DOMAIN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+_LABELS = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?)*"
+
+
+class DkimSpec(BaseModel):
+    """DKIM signing (RFC 6376): every message is signed with a private key whose public key is
+    published in DNS at SELECTOR._domainkey.DOMAIN (README: DKIM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    selector: str = Field(description="The selector s=: the public key's TXT record is at "
+                          "SELECTOR._domainkey.DOMAIN, e.g. mc2026")  # fmt: skip
+    domain: str | None = Field(
+        default=None,
+        description="The signing domain d= (default: the sender's domain); for DMARC it must be "
+        "the sender's domain or a parent of it",
+    )
+    key_block: str | None = Field(
+        default=None,
+        description="Name of the Prefect Secret block holding the private key (PEM: RSA "
+        "2048-bit, or Ed25519)",
+    )
+    key_file: str | None = Field(
+        default=None,
+        description="Or, for local use, a PEM file inside the campaign folder",
+    )
+
+    @field_validator("selector", "domain")
+    @classmethod
+    def _dns_name(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().rstrip(".")
+        if not re.fullmatch(_DOMAIN if info.field_name == "domain" else _LABELS, value):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DkimSpec:
+        if bool(self.key_block) == bool(self.key_file):
+            raise ValueError("give exactly one of `key_block` or `key_file`")
+        return self
+
+
 class CampaignSpec(BaseModel):
     """A campaign: who sends what to whom. Template fields take a path (relative to the spec)
     or inline Jinja2 text."""
@@ -253,6 +296,12 @@ class CampaignSpec(BaseModel):
         "run's `connections` as its size (change it on the Prefect UI's Concurrency page)",
     )
 
+    dkim: DkimSpec | None = Field(
+        default=None,
+        description="Sign every message with DKIM: selector, domain and the private key's "
+        "Secret block (default: not signed)",
+    )
+
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -301,10 +350,7 @@ class CampaignSpec(BaseModel):
         if value is None or not value.strip():
             return None
         value = value.strip().lower()
-        if not re.fullmatch(
-            r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+",
-            value,
-        ):
+        if not re.fullmatch(_DOMAIN, value):
             raise ValueError(f"{value!r} is not a domain name like bounces.acme.example")
         return value
 

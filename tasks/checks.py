@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from mailcast.tasks._prefect import task
 from mailcast.tasks.limits import holding
 
+from mailcast.compose.dkim import signer_for
 from mailcast.compose.mime import MessageBuilder
 from mailcast.compose.templates import check_templates
 from mailcast.engagement.links import check_tracking
@@ -39,8 +40,11 @@ def check_templates_task(spec: CampaignSpec, columns: list[str]) -> list[str]:
 @task(name="check-message", **QUIET)
 def check_message_task(spec: CampaignSpec) -> int:
     """Build the campaign's fixed parts once (sender, attachments: missing, a directory,
-    outside the campaign folder, too large); returns the attachments' encoded size."""
-    return MessageBuilder(spec).attachment_bytes
+    outside the campaign folder, too large; the DKIM key: readable, usable); returns the
+    attachments' encoded size."""
+    size = MessageBuilder(spec).attachment_bytes
+    signer_for(spec)
+    return size
 
 
 @task(name="check-tracking", **QUIET)

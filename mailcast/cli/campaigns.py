@@ -56,6 +56,10 @@ def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
     with checked_recipients(spec, suppressed=suppressed) as checked:
         templates = CampaignTemplates(spec, checked.columns)
         MessageBuilder(spec)  # sender, attachments, sizes
+        if spec.dkim is not None and spec.dkim.key_file:  # a key block is read when sending
+            from mailcast.compose.dkim import read_key
+
+            read_key(spec)
         table = checked.table()
     return spec, table, templates
 
@@ -88,6 +92,7 @@ def validate(
     )
     out.print(f"  to send: [green]{len(table.valid)}[/]   rejected: [yellow]{len(rejected)}[/]")
     out.print(f"  {tracking_line(campaign)}")
+    out.print(f"  {dkim_line(campaign)}")
     if rejected:
         grid = Table("row", "address", "reason", box=None, pad_edge=False)
         for r in rejected[:show]:
@@ -106,6 +111,15 @@ def validate_transport(params: dict[str, Any]) -> None:
         return
     target = Target(url=params["transport_url"], block=params["transport_block"])
     out.print(f"  transport: {safe(check_target(target))} (checked without sending)")
+
+
+def dkim_line(spec: Any) -> str:
+    """Whether the campaign is DKIM-signed, and how."""
+    if spec.dkim is None:
+        return "DKIM: not signed (no `dkim` section)"
+    from mailcast.compose.dkim import describe
+
+    return safe(describe(spec))
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """The Composer: the one place a recipient becomes message bytes.
 
 render (the sandboxed templates) → tracking (links, open pixel, List-Unsubscribe headers, the
-VERP return path) → build (MIME, spliced from parts built once per campaign) → sign (the
-place for a signing step such as DKIM: it sees the final bytes).
+VERP return path) → build (MIME, spliced from parts built once per campaign) → sign (DKIM,
+``compose/dkim.py``, when the campaign has ``dkim``: it sees the final bytes, so previews are
+signed too).
 
 The send engine, ``mailcast preview`` and the web console all compose through it, so a preview
 is the message that is sent (apart from Date, Message-ID, MIME boundaries and the tracking
@@ -75,6 +76,10 @@ class Composer:
         self.templates = CampaignTemplates(spec, columns)
         self.builder = MessageBuilder(spec)
         self.tracker = tracker
+        if signer is None and spec.dkim is not None:  # the key is read and parsed once, here
+            from mailcast.compose.dkim import signer_for
+
+            signer = signer_for(spec)
         self.signer = signer
         self.domain = self.builder.envelope_sender.rpartition("@")[2] or "mailcast.invalid"
 
