@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         default=None, description="Name of a Prefect Secret block holding the IMAP password"
     )
 
+    # `mailcast validate --dns`: the DNS server asked (default: the system's resolvers)
+    dns_server: str | None = Field(
+        default=None, description="DNS server(s) for `validate --dns`: HOST[:PORT], comma-separated"
+    )
+    dns_timeout: float = Field(default=5.0, gt=0, description="Seconds per DNS query")
+
     # Prefect's own setting (no MAILCAST_ prefix): is a Prefect server already running?
     prefect_api_url: str | None = Field(default=None, validation_alias="PREFECT_API_URL")
 

@@ -120,8 +120,12 @@ class LocalDns:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        stopping = [threading.Thread(target=s.stop) for s in self._servers]  # ~0.5 s each
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         for server in self._servers:
-            server.stop()
             server.server.server_close()
 
 

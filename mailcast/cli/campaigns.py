@@ -73,10 +73,22 @@ def validate(
     smtp_block: SmtpBlockOpt = None,
     transport: TransportOpt = None,
     transport_block: TransportBlockOpt = None,
+    dns: Annotated[
+        bool,
+        typer.Option(
+            "--dns",
+            help="Also check the domains' SPF, DKIM and DMARC records (exit 1 on a problem)",
+        ),
+    ] = False,
+    sending_ip: Annotated[
+        list[str] | None,
+        typer.Option(help="--dns: a public address mail leaves from (a local relay's); repeatable"),
+    ] = None,
 ) -> None:
     """Check the spec, templates and every recipient row; list the rejected rows. With a
     transport (the options or the settings), check what can be checked without sending: the
-    URL's form, that the block exists, the region, credentials present."""
+    URL's form, that the block exists, the region, credentials present. With --dns, the
+    sender's and the bounce domain's SPF, DKIM and DMARC records too."""
     started = time.monotonic()
     campaign, table, templates = prepare(spec)
     chosen = {"smtp": smtp, "smtp_block": smtp_block, "transport": transport}
@@ -101,6 +113,30 @@ def validate(
         if len(rejected) > show:
             out.print(f"  … and {len(rejected) - show} more (--show N)")
     out.print(f"[dim]checked in {time.monotonic() - started:.1f}s[/]")
+    if dns:
+        dns_checks(campaign, transport_params(settings, **chosen), sending_ip or [])
+
+
+def dns_checks(campaign: Any, params: dict[str, Any], ips: list[str]) -> None:
+    """Print one line per SPF, DKIM and DMARC finding; exit 1 when any is a problem. The
+    sending host: the transport URL's, or a provider block's kind (``ses/NAME`` → ses://)."""
+    from mailcast.dnscheck import Resolver, check_campaign
+
+    url = params["transport_url"]
+    kind, slash, _name = (params["transport_block"] or "").partition("/")
+    if url is None and slash:
+        url = f"{kind}://"
+    resolver = Resolver.from_settings()
+    try:
+        findings = check_campaign(campaign, resolver, url=url, ips=ips)
+    except ValueError as exc:  # an --sending-ip that is no address
+        raise SpecError(str(exc), where="--sending-ip") from None
+    out.print(f"DNS ({safe(resolver.where)}):")
+    for f in findings:
+        mark = "[green]ok[/]     " if f.ok else "[red]problem[/]"
+        out.print(f"  {mark} {f.check:<5} {safe(f.text)}")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
 
 
 def validate_transport(params: dict[str, Any]) -> None:
