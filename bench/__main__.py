@@ -10,7 +10,7 @@ process (peak memory: the polled sum over the process tree) and prints a table: 
 baseline measured in the same invocation, the ratio, peak RSS, the target (issue 4) and whether
 it is met. Scenarios: raw (one connection; and 3 processes × 4 connections as a reference),
 mailcast-e2e, compare (naive, mailmerge, mailcast on the same rows), million, slow-server, ingest,
-plan-copy, rate-limit.
+plan-copy, rate-limit, dkim (e2e unsigned vs DKIM-signed, and the signing cost per message).
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ SCENARIOS = [
     "ingest",
     "plan-copy",
     "rate-limit",
+    "dkim",
 ]
-NEEDS_PREFECT = {"mailcast-e2e", "compare", "million", "slow-server", "rate-limit"}
-NEEDS_SINK = {"raw", "mailcast-e2e", "compare", "million"}
+NEEDS_PREFECT = {"mailcast-e2e", "compare", "million", "slow-server", "rate-limit", "dkim"}
+NEEDS_SINK = {"raw", "mailcast-e2e", "compare", "million", "dkim"}
 
 FULL = {
     "raw": 20_000,
@@ -583,6 +584,10 @@ class Bench:
                 self.run_plan()
             if "rate-limit" in only:
                 self.run_rate()
+            if "dkim" in only:
+                from bench.dkim import run_dkim
+
+                run_dkim(self)
         total = time.perf_counter() - started
         self.report(total)
         return 0

@@ -273,7 +273,13 @@ def mailcast(
 
     from mailcast.spec import load_spec
 
-    spec = load_spec(campaign(workdir / f"campaign-{n}", n, **spec_extra))
+    folder = workdir / f"campaign-{n}"
+    kind = spec_extra.pop("dkim_key", None)  # the DKIM scenario: signed with a new key
+    if kind:
+        from bench.dkim import write_key
+
+        spec_extra = {**spec_extra, "dkim": write_key(folder, kind)}
+    spec = load_spec(campaign(folder, n, **spec_extra))
     os.environ["MAILCAST_DATABASE_URL"] = db_url  # the flow reads its ledger from the settings
     t = time.perf_counter()
     cpu = cpu_seconds()
@@ -316,6 +322,7 @@ NAMES = [
     "mailcast",
     "ingest",
     "plan-copy",
+    "dkim-sign",
 ]
 
 
@@ -373,6 +380,10 @@ def main() -> None:
         result = mailmerge_check(args.workdir / "mailmerge-check")
     elif args.name == "mailcast":
         result = mailcast(args.smtp, args.db, args.n, args.workdir, json.loads(args.spec))
+    elif args.name == "dkim-sign":
+        from bench.dkim import sign_cost
+
+        result = sign_cost(args.n, args.workdir)
     elif args.name == "ingest":
         result = ingest(args.n, args.workdir)
     else:

@@ -36,8 +36,8 @@ from mailcast.spec import CampaignSpec, DkimSpec
 MIN_RSA_BITS = 1024  # RFC 8301: verifiers must not accept smaller keys; 2048 recommended
 # Listed once more than they occur: nobody can add one without breaking the signature.
 OVERSIGNED = (
-    "from", "to", "cc", "subject", "reply-to", "date", "message-id", "mime-version",
-    "content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
+    b"from", b"to", b"cc", b"subject", b"reply-to", b"date", b"message-id", b"mime-version",
+    b"content-type", b"content-transfer-encoding", b"list-unsubscribe", b"list-unsubscribe-post",
 )  # fmt: skip
 NEVER_SIGNED = frozenset({b"dkim-signature", b"received", b"return-path"})
 _WSP = re.compile(rb"[ \t]+")
@@ -75,19 +75,29 @@ def relaxed_body(body: bytes) -> bytes:
     return body[:end] + b"\r\n" if end != len(body) - 2 else body
 
 
-def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    """(lower-case name, raw field without its last CRLF) of each header field in ``head``
-    (the header block, CRLF line endings); continuation lines belong to the field above."""
-    fields: list[tuple[bytes, bytes]] = []
-    for line in head.split(b"\r\n"):
+def canonical_headers(head: bytes) -> tuple[list[bytes], dict[bytes, list[bytes]]]:
+    """The header block's field names (lower case, in order) and, per name, the relaxed
+    canonical form of each instance, top to bottom. One pass: unfold, collapse whitespace,
+    then split into fields."""
+    unfolded = head.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+    if b"\t" in unfolded or b"  " in unfolded:
+        unfolded = _BODY_WSP.sub(b" ", unfolded)
+    names: list[bytes] = []
+    fields: dict[bytes, list[bytes]] = {}
+    for line in unfolded.split(b"\r\n"):
         if not line:
             continue
-        if line[0] in (0x20, 0x09) and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + b"\r\n" + line)
+        name, _, value = line.partition(b":")
+        name = name.rstrip(b" ").lower()
+        if name in NEVER_SIGNED:
+            continue
+        names.append(name)
+        canonical = name + b":" + value.strip(b" ") + b"\r\n"
+        if name in fields:
+            fields[name].append(canonical)
         else:
-            fields.append((line.partition(b":")[0].rstrip(b" \t").lower(), line))
-    return fields
+            fields[name] = [canonical]
+    return names, fields
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -221,6 +231,7 @@ class DkimSigner:
             f" s={selector}; t="
         ).encode("ascii")
         self._sign = self._rsa if key.key_type == "rsa" else self._ed25519
+        self._names: dict[tuple[bytes, ...], tuple[list[bytes], bytes]] = {}
 
     def _rsa(self, data: bytes) -> bytes:
         return self.key.key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[no-any-return]
@@ -235,32 +246,22 @@ class DkimSigner:
             head, body = message, b""
         else:
             head, body = message[: split + 2], message[split + 4 :]
-        fields = [f for f in header_fields(head) if f[0] not in NEVER_SIGNED]
-        names = [name for name, _raw in fields] + [n.encode("ascii") for n in OVERSIGNED]
-        signed = _select(fields, names)
+        names, fields = canonical_headers(head)
+        key = tuple(names)
+        listed = self._names.get(key)
+        if listed is None:  # the same few header lists, message after message
+            every = names + list(OVERSIGNED)
+            listed = self._names[key] = (every, _fold_names(every))
+        # RFC 6376 §5.4.2: a name listed again takes the next instance up; none once used up
+        signed = b"".join([fields[name].pop() for name in listed[0] if fields.get(name)])
         bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         sig_head = b"".join(
-            (self._head, str(int(time.time())).encode("ascii"), b";\r\n h=",
-             _fold_names(names), b";\r\n bh=", bh, b";\r\n b=")
+            (self._head, str(int(time.time())).encode("ascii"), b";\r\n h=", listed[1],
+             b";\r\n bh=", bh, b";\r\n b=")
         )  # fmt: skip
         signature = base64.b64encode(self._sign(signed + relaxed_header(sig_head)[:-2]))
         lines = [signature[i : i + 76] for i in range(0, len(signature), 76)]
         return sig_head + b"\r\n ".join(lines) + b"\r\n" + message
-
-
-def _select(fields: list[tuple[bytes, bytes]], names: list[bytes]) -> bytes:
-    """The canonical header fields named in ``names``, in that order; a name taken more than
-    once takes the instances from the bottom up, and none once they are used up (RFC 6376
-    §5.4.2)."""
-    remaining: dict[bytes, list[bytes]] = {}
-    for name, raw in fields:
-        remaining.setdefault(name, []).append(raw)
-    out = []
-    for name in names:
-        instances = remaining.get(name)
-        if instances:
-            out.append(relaxed_header(instances.pop()))
-    return b"".join(out)
 
 
 def _fold_names(names: list[bytes]) -> bytes:
