@@ -166,18 +166,17 @@ class DkimSpec(BaseModel):
     selector: str = Field(description="The selector s=: the public key's TXT record is at "
                           "SELECTOR._domainkey.DOMAIN, e.g. mc2026")  # fmt: skip
     domain: str | None = Field(
-        default=None,
+        None,
         description="The signing domain d= (default: the sender's domain); for DMARC it must be "
         "the sender's domain or a parent of it",
     )
     key_block: str | None = Field(
-        default=None,
+        None,
         description="Name of the Prefect Secret block holding the private key (PEM: RSA "
         "2048-bit, or Ed25519)",
     )
     key_file: str | None = Field(
-        default=None,
-        description="Or, for local use, a PEM file inside the campaign folder",
+        None, description="Or a PEM file in the campaign folder (local use)"
     )
 
     @field_validator("selector", "domain")
