@@ -25,6 +25,9 @@
     │                             .maybe_delivered when only the reply to the whole message (the
     │                             final dot, an API request sent whole) is missing: unknown
     ├── TrackingError             no usable tracking secret (MAILCAST_TRACKING_SECRET or its block)
+    │                             or webhook secret (a provider's key, MAILCAST_*_WEBHOOK_*)
+    │   └── WebhookRefused        a provider webhook post refused (forged, replayed, unsigned):
+    │                             answered with .status by `mailcast serve`, never shown
     ├── DkimError                 the campaign's DKIM key cannot be read or cannot sign
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
@@ -240,6 +243,17 @@ class TrackingError(MailcastError):
         " print(secrets.token_urlsafe(32))'`) or MAILCAST_TRACKING_SECRET_BLOCK (a Prefect Secret"
         " block), the same for the sending worker and `mailcast serve`"
     )
+
+
+class WebhookRefused(TrackingError):
+    """A post to a provider webhook endpoint that is not the provider's (or not anymore): answered
+    with ``status`` (401, 403, 404, 413...) and recorded nowhere; ``why`` goes to the log."""
+
+    def __init__(self, status: int, why: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(why, where="webhook", hint="")
+        self.status = status
+        self.why = why
+        self.headers = headers or {}
 
 
 class DkimError(MailcastError):

@@ -65,6 +65,45 @@ class Settings(BaseSettings):
         default=None, description="Name of a Prefect Secret block holding the tracking secret"
     )
 
+    # provider event webhooks on `mailcast serve` (/hooks/ses, /hooks/sendgrid, /hooks/mailgun,
+    # /hooks/mailjet): a provider with nothing configured has no endpoint (404)
+    ses_topic_arns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SNS topics whose SES notifications are accepted (JSON list or comma-separated)",
+    )
+    sendgrid_webhook_key: SecretStr | None = Field(
+        default=None, description="The SendGrid Event Webhook's verification key (base64)"
+    )
+    mailgun_webhook_key: SecretStr | None = Field(
+        default=None, description="Mailgun's HTTP webhook signing key"
+    )
+    mailjet_webhook_auth: SecretStr | None = Field(
+        default=None, description="user:password of the HTTP Basic credentials in Mailjet's URL"
+    )
+    webhook_secrets_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding a JSON object with any of "
+        "sendgrid_webhook_key, mailgun_webhook_key, mailjet_webhook_auth, ses_topic_arns",
+    )
+    webhook_max_age: int = Field(
+        default=300, ge=30, description="Seconds a signed webhook post stays acceptable"
+    )
+    # Tests only: an https://host:port origin allowed besides https://sns.<region>.amazonaws.com
+    # for SNS signing certificates and subscription confirmations, and the CA file its TLS
+    # certificate is checked against. Never set them in production.
+    sns_test_origin: str | None = None
+    sns_test_ca: Path | None = None
+
+    @field_validator("ses_topic_arns", mode="before")
+    @classmethod
+    def _split_arns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [a.strip() for a in text.replace(",", " ").split() if a.strip()]
+        return value
+
     # the bounce mailbox read by `process-bounces`
     bounce_maildir: Path | None = Field(default=None, description="A Maildir of bounces")
     bounce_imap_url: str | None = Field(

@@ -50,6 +50,8 @@ from mailcast.engagement import tokens
 HARD, SOFT, COMPLAINT, DEFERRAL, UNSUBSCRIBE, IGNORED = (
     "hard", "soft", "complaint", "deferral", "unsubscribe", "ignored",
 )  # fmt: skip
+# A provider's delivery confirmation (webhooks only: a DSN's "delivered" is ignored).
+DELIVERED = "delivered"
 
 _VERP = re.compile(r"bounces\+([a-z2-7]{20,80})@", re.I)
 _TRACK_URL = re.compile(r"/u/([a-z2-7]{20,80})\b", re.I)
@@ -105,6 +107,7 @@ class Report:
     reporter: str | None = None
     feedback_type: str | None = None
     occurred_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more detail (a provider's event)
 
     def detail(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -118,6 +121,8 @@ class Report:
             d["diagnostic"] = self.diagnostic[:500]
         if self.recipients:
             d["recipient"] = self.recipients[0]
+        for key, value in self.extra.items():  # never in place of the keys above
+            d.setdefault(key, value)
         return d
 
 
@@ -129,6 +134,12 @@ def message_key(msg: Message, data: bytes) -> str:
     if mid and len(mid) <= 398 and mid.isascii():
         return mid
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def find_mailcast_ids(*texts: str) -> list[tuple[str, int]]:
+    """(run, delivery) of each mailcast Message-ID (``<run.delivery@domain>``) in ``texts``."""
+    found = (_MAILCAST_ID.search(t) for t in texts if t)
+    return [(m.group(1).lower(), int(m.group(2))) for m in found if m]
 
 
 def _text(part: Message) -> str:
@@ -318,10 +329,7 @@ def parse(data: bytes, secret: bytes | None = None) -> Report:
     mailcast_ids: list[tuple[str, int]] = []
     for o in originals:
         original_texts += _header_texts(o, _ORIGINAL_HEADERS)
-        for mid in o.get_all("Message-ID") or []:
-            m = _MAILCAST_ID.search(str(mid))
-            if m:
-                mailcast_ids.append((m.group(1).lower(), int(m.group(2))))
+        mailcast_ids += find_mailcast_ids(*(str(m) for m in o.get_all("Message-ID") or []))
     verp = _tokens_in(envelope, secret, tokens.BOUNCE, _VERP)
     if verp is None:  # the returned original's own return path / List-Unsubscribe
         verp = _tokens_in(original_texts, secret, tokens.BOUNCE, _VERP) or _tokens_in(

@@ -75,14 +75,14 @@ class BounceSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class _Match:
+class Match:
     delivery_id: int
     run_id: str
     address_key: str | None
     matched_by: str
 
 
-def _match(conn: Connection, reports: Sequence[Report]) -> dict[str, _Match]:
+def _match(conn: Connection, reports: Sequence[Report]) -> dict[str, Match]:
     """message_key → the delivery a report is about: by VERP token, by mailcast Message-ID, by
     the failed recipient's latest sent delivery."""
     wanted: set[int] = set()
@@ -94,16 +94,16 @@ def _match(conn: Connection, reports: Sequence[Report]) -> dict[str, _Match]:
     if wanted:
         query = select(D.c.id, D.c.run_id, D.c.address_key).where(D.c.id.in_(sorted(wanted)))
         rows = {i: (run, key) for i, run, key in conn.execute(query).all()}
-    found: dict[str, _Match] = {}
+    found: dict[str, Match] = {}
     by_address: dict[str, list[Report]] = {}
     for r in reports:
         if r.token_delivery is not None and r.token_delivery in rows:
             run, key = rows[r.token_delivery]
-            found[r.message_key] = _Match(r.token_delivery, run, key, "verp")
+            found[r.message_key] = Match(r.token_delivery, run, key, "verp")
             continue
         hit = next(((run, d) for run, d in r.mailcast_ids if rows.get(d, ("",))[0] == run), None)
         if hit is not None:
-            found[r.message_key] = _Match(hit[1], hit[0], rows[hit[1]][1], "message-id")
+            found[r.message_key] = Match(hit[1], hit[0], rows[hit[1]][1], "message-id")
             continue
         for address in r.recipients[:1]:
             by_address.setdefault(address.lower(), []).append(r)
@@ -119,7 +119,7 @@ def _match(conn: Connection, reports: Sequence[Report]) -> dict[str, _Match]:
         for key, reps in by_address.items():
             if key in latest:
                 for r in reps:
-                    found[r.message_key] = _Match(latest[key][0], latest[key][1], key, "address")
+                    found[r.message_key] = Match(latest[key][0], latest[key][1], key, "address")
     return found
 
 
@@ -148,89 +148,104 @@ def _process_batch(
     summary: BounceSummary,
 ) -> None:
     reports = list({r.message_key: r for _k, r in items}.values())
-    now = utcnow()
     with engine.begin() as conn:
-        matches = _match(conn, reports)
-        rows = []
-        for r in reports:
-            m = matches.get(r.message_key)
-            outcome = (
-                r.outcome if m is not None or r.outcome == bounces.IGNORED else bounces.IGNORED
-            )
-            detail = r.detail()
-            if m is not None:
-                detail["matched_by"] = m.matched_by
-            elif r.outcome != bounces.IGNORED:
-                detail["why"] = "no delivery found for this report"
-            if r.why:
-                detail["why"] = r.why
-            rows.append(
-                {
-                    "message_key": r.message_key,
-                    "mailbox": mailbox[:500],
-                    "outcome": outcome,
-                    "delivery_id": m.delivery_id if m else None,
-                    "detail": detail,
-                    "created_at": now,
-                }
-            )
-        stmt = insert_ignoring_duplicates(conn, IM, ("message_key",)).returning(IM.c.message_key)
-        new = set(conn.execute(stmt, rows).scalars()) if rows else set()
-        summary.already += len(reports) - len(new)
-        events: list[dict[str, Any]] = []
-        suppress: list[dict[str, Any]] = []
-        soft_keys: set[str] = set()
-        for r in reports:
-            if r.message_key not in new:
-                continue
-            m = matches.get(r.message_key)
-            if m is None or r.outcome == bounces.IGNORED:
-                summary.ignored += 1
-                summary.outcomes[bounces.IGNORED] += 1
-                continue
-            summary.recorded += 1
-            summary.outcomes[r.outcome] += 1
-            summary.runs.add(m.run_id)
-            detail = {
-                **r.detail(),
-                "source": "dsn" if r.outcome != bounces.UNSUBSCRIBE else "mailto",
-            }
+        record_reports(conn, mailbox, reports, _match(conn, reports), soft_bounce_limit, summary)
+
+
+def record_reports(
+    conn: Connection,
+    mailbox: str,
+    reports: Sequence[Report],
+    matches: dict[str, Match],
+    soft_bounce_limit: int,
+    summary: BounceSummary,
+    *,
+    source: str | None = None,
+) -> None:
+    """Record reports (unique message keys) and their matches, in the caller's transaction: each
+    message key once in ``inbound_messages``; for a new one with a delivery, its event and the
+    suppressions it calls for (at once, or after ``soft_bounce_limit`` soft bounces in a row).
+    ``source`` names where the reports came from in events and suppressions (default: ``dsn``,
+    or ``mailto`` for an unsubscribe request); a ``delivered`` report gets no event."""
+    now = utcnow()
+    rows = []
+    for r in reports:
+        m = matches.get(r.message_key)
+        outcome = r.outcome if m is not None or r.outcome == bounces.IGNORED else bounces.IGNORED
+        detail = r.detail()
+        if m is not None:
             detail["matched_by"] = m.matched_by
-            occurred: datetime = r.occurred_at or now
-            events.append(
+        elif r.outcome != bounces.IGNORED:
+            detail["why"] = "no delivery found for this report"
+        if r.why:
+            detail["why"] = r.why
+        rows.append(
+            {
+                "message_key": r.message_key,
+                "mailbox": mailbox[:500],
+                "outcome": outcome,
+                "delivery_id": m.delivery_id if m else None,
+                "detail": detail,
+                "created_at": now,
+            }
+        )
+    stmt = insert_ignoring_duplicates(conn, IM, ("message_key",)).returning(IM.c.message_key)
+    new = set(conn.execute(stmt, rows).scalars()) if rows else set()
+    summary.already += len(reports) - len(new)
+    events: list[dict[str, Any]] = []
+    suppress: list[dict[str, Any]] = []
+    soft_keys: set[str] = set()
+    for r in reports:
+        if r.message_key not in new:
+            continue
+        m = matches.get(r.message_key)
+        if m is None or r.outcome == bounces.IGNORED:
+            summary.ignored += 1
+            summary.outcomes[bounces.IGNORED] += 1
+            continue
+        summary.recorded += 1
+        summary.outcomes[r.outcome] += 1
+        summary.runs.add(m.run_id)
+        kind = _EVENT_KIND.get(r.outcome)
+        if kind is None:  # a delivery confirmation: kept in inbound_messages only
+            continue
+        label = source or ("mailto" if r.outcome == bounces.UNSUBSCRIBE else "dsn")
+        detail = {**r.detail(), "source": label}
+        detail["matched_by"] = m.matched_by
+        occurred: datetime = r.occurred_at or now
+        events.append(
+            {
+                "delivery_id": m.delivery_id,
+                "run_id": m.run_id,
+                "kind": kind,
+                "detail": detail,
+                "occurred_at": occurred,
+            }
+        )
+        key = m.address_key
+        if key and r.outcome in _SUPPRESS_AT_ONCE:
+            suppress.append(
                 {
+                    "address_key": key,
+                    "reason": _SUPPRESS_AT_ONCE[r.outcome],
+                    "source": label,
                     "delivery_id": m.delivery_id,
-                    "run_id": m.run_id,
-                    "kind": _EVENT_KIND[r.outcome],
-                    "detail": detail,
-                    "occurred_at": occurred,
                 }
             )
-            key = m.address_key
-            if key and r.outcome in _SUPPRESS_AT_ONCE:
-                source = "mailto" if r.outcome == bounces.UNSUBSCRIBE else "dsn"
-                suppress.append(
-                    {
-                        "address_key": key,
-                        "reason": _SUPPRESS_AT_ONCE[r.outcome],
-                        "source": source,
-                        "delivery_id": m.delivery_id,
-                    }
-                )
-            elif key and r.outcome == bounces.SOFT:
-                soft_keys.add(key)
-        record_events(conn, events)
-        if soft_keys and soft_bounce_limit > 0:
-            hit = conn.execute(_SOFT_IN_A_ROW, {"keys": sorted(soft_keys), "n": soft_bounce_limit})
-            suppress += [
-                {
-                    "address_key": k,
-                    "reason": HARD_BOUNCE,
-                    "source": f"{soft_bounce_limit} soft bounces in a row",
-                }
-                for k in hit.scalars()
-            ]
-        summary.suppressed += suppress_rows(conn, suppress)
+        elif key and r.outcome == bounces.SOFT:
+            soft_keys.add(key)
+    record_events(conn, events)
+    if soft_keys and soft_bounce_limit > 0:
+        hit = conn.execute(_SOFT_IN_A_ROW, {"keys": sorted(soft_keys), "n": soft_bounce_limit})
+        suppress += [
+            {
+                "address_key": k,
+                "reason": HARD_BOUNCE,
+                "source": f"{soft_bounce_limit} soft bounces in a row",
+            }
+            for k in hit.scalars()
+        ]
+    summary.suppressed += suppress_rows(conn, suppress)
 
 
 def process_mailbox(

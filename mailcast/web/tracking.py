@@ -10,6 +10,8 @@
   unsubscribes); ``POST /u/{token}`` → unsubscribes at once (RFC 8058 one-click: mailbox
   providers POST ``List-Unsubscribe=One-Click``): an ``unsubscribe`` event and a suppression.
 * ``GET /healthz`` → ``ok`` (for a reverse proxy's or an orchestrator's health check).
+* ``POST /hooks/ses``, ``/hooks/sendgrid``, ``/hooks/mailgun``, ``/hooks/mailjet``: the API
+  providers' event webhooks (:mod:`mailcast.web.hooks`).
 
 A token that is not genuine (forged, altered, truncated, of another kind) gets ``404`` and
 records nothing. The app never shows an address in full.
@@ -31,6 +33,7 @@ from starlette.routing import Route
 from mailcast.engagement import record, tokens
 from mailcast.ledger import events
 from mailcast.ledger.models import CLICK, OPEN
+from mailcast.web import hooks
 
 log = logging.getLogger("mailcast.engagement")
 
@@ -214,6 +217,7 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
         Route("/u/{token}", service.unsubscribe_page, methods=["GET", "HEAD"]),
         Route("/u/{token}", service.unsubscribe, methods=["POST"]),
         Route("/healthz", service.health, methods=["GET", "HEAD"]),
+        *hooks.routes(service.engine),
     ]
     app = Starlette(routes=routes)
     app.state.service = service
