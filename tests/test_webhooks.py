@@ -255,7 +255,7 @@ def mj_event(event: str, address: str, message_id: str | None, **fields: Any) ->
     return e
 
 
-def test_mailjet_events(service: Service, db_url: str) -> None:
+def test_mailjet_events(service: Service, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     names = ("gone", "soft", "blocked", "angry", "leaving", "fine", "custom")
     run = SentRun(db_url, {n: str(288230376151711744 + secrets.randbelow(10**9)) for n in names})
     m = run.m
@@ -303,6 +303,8 @@ def test_mailjet_events(service: Service, db_url: str) -> None:
     assert post(url, body, Authorization=basic("mailjet", "guess")).status_code == 403
     assert post(url, body, Authorization="Bearer abc").status_code == 401
     assert run.counts() == before
+    assert "refused (wrong credentials)" in caplog.text
+    assert MAILJET_AUTH[1] not in caplog.text and "guess" not in caplog.text  # no secret logged
 
 
 def basic(user: str, password: str) -> str:
@@ -318,3 +320,24 @@ def test_unconfigured_providers_have_no_endpoint(
         for name in ("ses", "sendgrid", "mailgun", "mailjet"):
             assert post(f"{s.url}/hooks/{name}", b"[]").status_code == 404, name
         assert post(f"{s.url}/hooks/other", b"[]").status_code == 404
+
+
+def test_a_bad_webhook_secret_is_one_line_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailcast.errors import TrackingError
+    from mailcast.settings import get_settings
+    from mailcast.web.hooks.common import HookConfig
+    from mailcast.web.hooks.sendgrid import load_key
+
+    with pytest.raises(TrackingError, match="not an ECDSA public key") as bad:
+        load_key("bm90IGEga2V5")
+    assert bad.value.where == "MAILCAST_SENDGRID_WEBHOOK_KEY"
+    monkeypatch.setenv("MAILCAST_MAILJET_WEBHOOK_AUTH", "no-colon")
+    with pytest.raises(TrackingError, match="user:password"):
+        HookConfig.from_settings(get_settings())
+    monkeypatch.setenv("MAILCAST_MAILJET_WEBHOOK_AUTH", "mj:secret-pass")
+    monkeypatch.setenv(
+        "MAILCAST_SES_TOPIC_ARNS", "arn:aws:sns:eu-west-1:1:a,arn:aws:sns:eu-west-1:1:b"
+    )
+    config = HookConfig.from_settings(get_settings())
+    assert config.ses_topics == {"arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:eu-west-1:1:b"}
+    assert "secret-pass" not in repr(config)

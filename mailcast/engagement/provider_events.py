@@ -141,6 +141,8 @@ def record(
         record_reports(
             conn, summary.mailbox, reports, matches, soft_bounce_limit, summary, source=provider
         )
-    if summary.ignored:
-        log.info("%s: %d event(s) about no delivery of this ledger", provider, summary.ignored)
+    if len(unique) > len(reports):
+        log.info(
+            "%s: %d event(s) about no delivery of this ledger", provider, len(unique) - len(reports)
+        )
     return summary
