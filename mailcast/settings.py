@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,13 +46,15 @@ class Settings(BaseSettings):
         "directory, the checkout, the installed package). /proc, /sys and /dev never",
     )
 
-    @field_validator("campaign_roots", mode="before")
+    @field_validator("campaign_roots", "ses_topic_arns", mode="before")
     @classmethod
-    def _split_roots(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
+            if info.field_name == "ses_topic_arns":  # ARNs hold colons: comma-separated
+                return [a.strip() for a in text.split(",") if a.strip()]
             return [p for p in text.split(os.pathsep) if p.strip()]
         return value
 
@@ -93,16 +95,6 @@ class Settings(BaseSettings):
     # certificate is checked against. Never set them in production.
     sns_test_origin: str | None = None
     sns_test_ca: Path | None = None
-
-    @field_validator("ses_topic_arns", mode="before")
-    @classmethod
-    def _split_arns(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [a.strip() for a in text.replace(",", " ").split() if a.strip()]
-        return value
 
     # the bounce mailbox read by `process-bounces`
     bounce_maildir: Path | None = Field(default=None, description="A Maildir of bounces")
