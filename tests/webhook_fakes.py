@@ -13,6 +13,7 @@ import httpx
 from sqlalchemy import text
 
 from mailcast.engagement.suppression import suppressed_for
+from mailcast.ledger.models import SENT
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
 from tests.ledger_rows import claim_pending
@@ -50,15 +51,13 @@ class SentRun:
         for name, address in zip(names, addresses, strict=True):
             i = ids[address]
             self.m[name] = Msg(address, i, f"<{self.run_id}.{i}@{DOMAIN}>", provider_ids[name])
-        ledger.record(
-            [Outcome(m.delivery_id, "sent", message_id=m.message_id) for m in self.m.values()]
-        )
-        with ledger.engine.begin() as conn:  # what the engine stores for an API provider
-            for m in self.m.values():
-                conn.execute(
-                    text("UPDATE deliveries SET provider_message_id = :p WHERE id = :i"),
-                    {"p": m.provider_id, "i": m.delivery_id},
-                )
+        ledger.record(  # as the engine records a message an API provider accepted
+            [
+                Outcome(m.delivery_id, SENT, message_id=m.message_id,
+                        provider_message_id=m.provider_id)
+                for m in self.m.values()
+            ]
+        )  # fmt: skip
 
     def events(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         """name → [(kind, detail)] of the run's events."""
