@@ -15,6 +15,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,7 +78,7 @@ def sg_event(event: str, address: str, x_message_id: str | None, **fields: Any) 
     return e
 
 
-def test_sendgrid_events(service: Service, db_url: str) -> None:
+def test_sendgrid_events(service: Service, db_url: str, tmp_path: Path) -> None:
     names = ("gone", "blocked", "angry", "fine", "slow", "leaving", "viamid", "dropped")
     run = SentRun(db_url, {n: f"sg{n}{uuid.uuid4().hex[:10]}" for n in names} | {"viamid": None})
     m = run.m
@@ -125,6 +126,9 @@ def test_sendgrid_events(service: Service, db_url: str) -> None:
     assert run.suppressed() == {"gone": "hard_bounce", "angry": "complaint",
                                 "leaving": "unsubscribed", "viamid": "unsubscribed",
                                 "dropped": "hard_bounce"}  # fmt: skip
+    out = run.next_campaign(tmp_path / "next")
+    assert "to send: 3" in out and "rejected: 5" in out
+    assert "suppressed:hard_bounce" in out and "suppressed:complaint" in out
     before = run.counts()
 
     # SendGrid posting the same events again (signed anew): recorded once
@@ -171,7 +175,7 @@ def mg_event(event: str, address: str, message_id: str, **fields: Any) -> dict[s
     }
 
 
-def test_mailgun_events(service: Service, db_url: str) -> None:
+def test_mailgun_events(service: Service, db_url: str, tmp_path: Path) -> None:
     names = ("gone", "full", "later", "angry", "leaving", "fine", "viamid")
     # Mailgun's send API answers with an id in angle brackets; its events carry it bare
     run = SentRun(db_url, {n: f"<20261130.{uuid.uuid4().hex[:12]}@mg.example.com>" for n in names}
@@ -219,6 +223,8 @@ def test_mailgun_events(service: Service, db_url: str) -> None:
     assert events["viamid"][0][1]["matched_by"] == "message-id"
     assert run.suppressed() == {"gone": "hard_bounce", "angry": "complaint",
                                 "leaving": "unsubscribed", "viamid": "hard_bounce"}  # fmt: skip
+    out = run.next_campaign(tmp_path / "next")
+    assert "to send: 3" in out and "rejected: 4" in out and "suppressed:hard_bounce" in out
     before = run.counts()
 
     again = post(url, mailgun_body(posts["gone"]))  # Mailgun retrying: a fresh signature
@@ -255,7 +261,9 @@ def mj_event(event: str, address: str, message_id: str | None, **fields: Any) ->
     return e
 
 
-def test_mailjet_events(service: Service, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_mailjet_events(
+    service: Service, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     names = ("gone", "soft", "blocked", "angry", "leaving", "fine", "custom")
     run = SentRun(db_url, {n: str(288230376151711744 + secrets.randbelow(10**9)) for n in names})
     m = run.m
@@ -292,6 +300,8 @@ def test_mailjet_events(service: Service, db_url: str, caplog: pytest.LogCapture
     assert run.suppressed() == {"gone": "hard_bounce", "blocked": "hard_bounce",
                                 "angry": "complaint", "custom": "complaint",
                                 "leaving": "unsubscribed"}  # fmt: skip
+    out = run.next_campaign(tmp_path / "next")
+    assert "to send: 2" in out and "rejected: 5" in out and "suppressed:hard_bounce" in out
     before = run.counts()
     # Mailjet retrying the same post: recorded once; one event on its own (not grouped) too
     assert post(url, body, Authorization=basic(*MAILJET_AUTH)).json()["already"] == 7

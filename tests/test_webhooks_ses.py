@@ -165,7 +165,9 @@ def bounce(
             "timestamp": "2026-11-30T07:01:00.000Z", "feedbackId": str(uuid.uuid4())}  # fmt: skip
 
 
-def test_ses_notifications(service: Service, fake_sns: FakeSns, db_url: str) -> None:
+def test_ses_notifications(
+    service: Service, fake_sns: FakeSns, db_url: str, tmp_path: Path
+) -> None:
     names = ("gone", "later", "angry", "fine", "slow", "listed")
     run = SentRun(db_url, {n: f"0100018c{uuid.uuid4().hex}-000000" for n in names}
                   | {"angry": None})  # fmt: skip
@@ -236,6 +238,8 @@ def test_ses_notifications(service: Service, fake_sns: FakeSns, db_url: str) -> 
     assert events["slow"][0][0] == "deferral"
     assert run.suppressed() == {"gone": "hard_bounce", "listed": "hard_bounce",
                                 "angry": "complaint"}  # fmt: skip
+    out = run.next_campaign(tmp_path / "next")
+    assert "to send: 3" in out and "rejected: 3" in out and "suppressed:hard_bounce" in out
     before = run.counts()
 
     # the same bounce through a second subscription (a new SNS MessageId): counted once

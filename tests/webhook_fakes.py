@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from mailcast.engagement.suppression import suppressed_for
 from mailcast.ledger.models import SENT
 from mailcast.ledger.store import Ledger, Outcome
 from mailcast.recipients import Recipient
+from tests.campaigns import people, write_campaign
 from tests.ledger_rows import claim_pending
 
 TRACKING_SECRET = "webhook-tests-tracking-secret-0123"
@@ -83,6 +85,24 @@ class SentRun:
         """name → reason, as the next campaign's validate sees the suppression list."""
         listed = suppressed_for(self.url)
         return {n: listed[m.address] for n, m in self.m.items() if m.address in listed}
+
+    def next_campaign(self, folder: Path) -> str:
+        """``mailcast validate`` of a next campaign to every address of the run: its output (the
+        rows it rejects, with their reason)."""
+        from typer.testing import CliRunner
+
+        from mailcast.cli import app
+
+        rows = [
+            dict(p, email=m.address)
+            for p, m in zip(people(len(self.m)), self.m.values(), strict=True)
+        ]
+        spec = write_campaign(folder, rows, attachments=False, name=f"next-{self.run_id[:8]}")
+        result = CliRunner().invoke(
+            app, ["validate", str(spec), "--show", "50"], env={"MAILCAST_DATABASE_URL": self.url}
+        )
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
 
     def counts(self) -> tuple[int, int]:
         """(events, inbound rows) of this run."""
