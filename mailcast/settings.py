@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=default_data_dir)
     outbox_dir: Path | None = Field(default=None, description="Where dry runs write .eml files")
+    journal_dir: Path | None = Field(
+        default=None,
+        description="Where senders keep their hand-over journals (crash_window: message); a"
+        " local disk that outlives the worker process (default: DATA_DIR/journal)",
+    )
     smtp_url: str | None = Field(default=None, description="smtp://user@host:port?security=...")
     smtp_password: SecretStr | None = None
     smtp_block: str | None = Field(default=None, description="Name of a saved SMTP server block")
@@ -124,6 +129,9 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    def journals(self) -> Path:
+        return self.journal_dir or (self.data_dir / "journal")
 
     def outbox(self) -> Path:
         return self.outbox_dir or (self.data_dir / "outbox")

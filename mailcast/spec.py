@@ -242,12 +242,13 @@ class CampaignSpec(BaseModel):
         ge=0,
         description="Pause the run after this many recipients in a row failed (0: never)",
     )
-    crash_window: Literal["batch", "message"] = Field(
-        default="batch",
+    crash_window: Literal["message", "ledger", "batch"] = Field(
+        default="message",
         description="What a crash of the sender may leave in doubt (unknown) per connection:"
-        " 'batch' (the rows of its claim batch, ~0.1 s of sending; fastest) or 'message' (only"
-        " the message on the wire: one ledger write per message, ~30% slower against a local"
-        " relay, little against a remote server)",
+        " 'message' (only the message on the wire; each hand-over is one append to a local"
+        " journal that a resume on the same machine reads: MAILCAST_JOURNAL_DIR), 'ledger' (the"
+        " same window wherever the resume runs: one ledger write per message, ~30% slower"
+        " against a local relay) or 'batch' (the rows of its claim batch, ~0.1 s of sending)",
     )
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     check_deliverability: bool = Field(

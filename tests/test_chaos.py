@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from mailcast.capture import CaptureServer
+from mailcast.engine.journal import read_journals
 from mailcast.ledger.store import Ledger
 from tests.campaigns import people, write_campaign
 
@@ -66,7 +67,8 @@ class Kill:
     by_this: int  # ... of which from the killed process
     open_commit: bool  # an outcome transaction was open (uncommitted) just before the kill
     sent: set[str]  # rows `sent` at the kill: none of them may ever get a second copy
-    in_flight: set[str]  # rows left `sending` and handed over: they become `unknown` on resume
+    in_flight: set[str]  # rows left `sending` and on the wire: they become `unknown` on resume
+    recovered: set[str]  # rows left `sending` that the journal says were accepted: `sent`
     reserved: set[str]  # rows left `sending` but only reserved: resume sends them
     unrecorded: int  # in-flight rows the server had already accepted (delivered, not recorded)
 
@@ -74,7 +76,8 @@ class Kill:
         return (
             f"kill {self.n} ({self.command}, commit pause {self.pause:.3f}s): "
             f"{self.by_this} new / {self.captured} captured in all; sent {len(self.sent)}, "
-            f"in flight {len(self.in_flight)} ({self.unrecorded} delivered but not recorded), "
+            f"in flight {len(self.in_flight)}, accepted but not recorded {len(self.recovered)}"
+            f" ({self.unrecorded} delivered, not recorded), "
             f"reserved {len(self.reserved)}, "
             f"outcome commit open: {'yes' if self.open_commit else 'no'}"
         )
@@ -171,9 +174,12 @@ class Chaos:
         rows = self.statuses()
         captured = {m.rcpt_tos[0] for m in self.server.messages}
         sent = {a for a, s in rows.items() if s == "sent"}
-        handed = self.handed()
-        in_flight = {a for a, s in rows.items() if s == "sending" and a in handed}
-        reserved = {a for a, s in rows.items() if s == "sending" and a not in handed}
+        on_wire, accepted = self.handed()
+        in_flight = {a for a, s in rows.items() if s == "sending" and a in on_wire - accepted}
+        recovered = {a for a, s in rows.items() if s == "sending" and a in accepted}
+        reserved = {
+            a for a, s in rows.items() if s == "sending" and a not in on_wire and a not in accepted
+        }
         # Nothing of a reserved row's message has left: the server never saw it.
         assert not reserved & captured, f"reserved but captured: {sorted(reserved & captured)}"
         # The send engine's promise, at every kill: a row is committed `sending` before its DATA
@@ -190,8 +196,9 @@ class Chaos:
             open_commit=open_commit,
             sent=sent,
             in_flight=in_flight,
+            recovered=recovered,
             reserved=reserved,
-            unrecorded=len(in_flight & captured),
+            unrecorded=len((in_flight | recovered) & captured),
         )
         self.kills.append(kill)
         print(kill.line())
@@ -237,17 +244,24 @@ class Chaos:
     def statuses(self) -> dict[str, str]:
         return {r["address"]: r["status"] for r in self.ledger.deliveries(self.run_id)}
 
-    def handed(self) -> set[str]:
-        """Addresses of the rows whose message was handed over (``handed_at`` set)."""
+    def handed(self) -> tuple[set[str], set[str]]:
+        """Addresses of the rows whose message was handed over (``handed_at`` set, or on the
+        wire in a sender's journal: crash_window message), and of the rows the journals say
+        were accepted."""
         with self.ledger.engine.connect() as conn:
-            return set(
-                conn.execute(
-                    text(
-                        "SELECT address FROM deliveries WHERE run_id = :r AND handed_at IS NOT NULL"
-                    ),
-                    {"r": self.run_id},
-                ).scalars()
-            )
+            rows = conn.execute(
+                text("SELECT id, address, handed_at FROM deliveries WHERE run_id = :r"),
+                {"r": self.run_id},
+            ).all()
+        address = {r[0]: r[1] for r in rows}
+        on_wire = {r[1] for r in rows if r[2] is not None}
+        accepted: set[str] = set()
+        folder = Path(os.environ["MAILCAST_DATA_DIR"]) / "journal"
+        for found in read_journals(folder, self.run_id).values():
+            assert found.trusted
+            on_wire |= {address[i] for i in found.in_doubt}
+            accepted |= {address[i] for i in found.accepted}
+        return on_wire, accepted
 
     def copies(self) -> Counter[str]:
         return Counter(m.rcpt_tos[0] for m in self.server.messages)
@@ -288,7 +302,7 @@ def test_chaos_kills_then_resume_default_policy(
     campaign = f"chaos-{seed}"
     spec = write_campaign(
         tmp_path, rows, name=campaign, attachments=False,
-        spec_extra={"connections": CONNECTIONS, "chunk_size": 1000, "crash_window": "message"},
+        spec_extra={"connections": CONNECTIONS, "chunk_size": 1000},  # crash_window: message
     )  # fmt: skip
     print(f"\nchaos seed {seed} (MAILCAST_CHAOS_SEED={seed} replays it): {n} recipients")
     with chaos(tmp_path, pg_url, campaign, seed) as c:
@@ -334,6 +348,8 @@ def test_chaos_kills_then_resume_default_policy(
         # message each connection had on the wire (4 connections); rows only reserved were sent
         assert unknown == set().union(*(k.in_flight for k in c.kills))
         assert all(len(k.in_flight) <= CONNECTIONS for k in c.kills), [k.line() for k in c.kills]
+        # rows accepted but not yet recorded at a kill were recorded from the journal: sent
+        assert set().union(*(k.recovered for k in c.kills)) <= sent
         assert any(k.reserved for k in c.kills), "no kill left a reserved row to be sent on resume"
         assert not (set().union(*(k.reserved for k in c.kills)) & unknown)
         # 2. no row `sent` at any kill got a second copy
@@ -369,8 +385,10 @@ def test_chaos_resend_unknown(tmp_path: Path, prefect_harness: None, pg_url: str
         pauses = [round(c.rng.uniform(0.03, 0.05), 3) for _ in range(2)]
         _send_and_kill(c, spec, 2, pauses, lo=300, hi=900)
         # what the re-send may duplicate: rows unknown now, or left `sending` by the last kill
+        # (except those its journals say were accepted: they are recorded sent, not re-sent)
         before = c.copies()
-        maybe = {a for a, s in c.statuses().items() if s in ("unknown", "sending")}
+        _, accepted = c.handed()
+        maybe = {a for a, s in c.statuses().items() if s in ("unknown", "sending")} - accepted
         final = c.start("resume", c.run_id, "--resend-unknown")
         c.finish(final)
 

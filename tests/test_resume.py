@@ -57,7 +57,7 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, prefect_harness: None, pg_
         tmp_path,
         rows,
         attachments=False,
-        spec_extra={"connections": 2, "chunk_size": 300, "crash_window": "message"},
+        spec_extra={"connections": 2, "chunk_size": 300, "crash_window": "ledger"},
     )
     log = tmp_path / "send.log"
     with SlowServer() as server:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailcast.compose.composer import Composer
+from mailcast.engine import journal
 from mailcast.engine.claim_group import ClaimGroup
 from mailcast.engine.control import RunControl
 from mailcast.engine.loop import ChunkResult, ChunkWork, run_connection
 from mailcast.engine.pacing import Pacer
 from mailcast.errors import AuthError, RunStopped, TlsError
 from mailcast.ledger.store import Ledger, Store
+from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec
 from mailcast.transport.base import Transport
 from mailcast.transport.factory import Target
@@ -98,6 +100,19 @@ def _transports(target: Target) -> Callable[[], Transport]:
     return transports(target)
 
 
+def handover_mode(crash_window: str) -> tuple[Path | None, bool]:
+    """Where a chunk's connections record hand-overs: (the journal folder, or None; whether each
+    hand-over is a ledger statement). ``message`` uses the local journal where one can be
+    kept (Linux, a writable folder) and the ledger elsewhere; ``ledger`` always the ledger;
+    ``batch`` neither (the claim hands its batch over)."""
+    if crash_window == "message":
+        folder = Settings().journals()
+        if journal.available(folder):
+            return folder, False
+        return None, True
+    return None, crash_window == "ledger"
+
+
 def send_chunk(
     spec: CampaignSpec,
     run_id: str,
@@ -123,7 +138,9 @@ def send_chunk(
     new_transport = _transports(target)
     # the connections' claims and hand-overs share transactions (engine/claim_group.py)
     store: Store = ClaimGroup(ledger) if threads > 1 else ledger
-    token = uuid.uuid4().hex  # this chunk's claims in the ledger (shared by its connections)
+    journal_dir, per_message = handover_mode(spec.crash_window)
+    # this chunk's claims in the ledger (shared by its connections)
+    token = journal.new_token() if journal_dir is not None else uuid.uuid4().hex
 
     def loop() -> ChunkResult:
         return run_connection(
@@ -140,7 +157,8 @@ def send_chunk(
             sender_for=composer.sender_for if composer.per_message_sender else None,
             work=work,
             token=token,
-            per_message=spec.crash_window == "message",
+            per_message=per_message,
+            journal_dir=journal_dir,
         )
 
     try:

@@ -48,10 +48,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from mailcast.compose.composer import envelope_address
 from mailcast.engine.control import RunControl, backoff, short
+from mailcast.engine.journal import Journal
 from mailcast.engine.pacing import Pacer
 from mailcast.errors import (
     AttachmentError,
@@ -150,6 +152,7 @@ class _Connection:
     sender_for: Callable[[Claim], str | None] | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this sender's claims
     per_message: bool = True  # hand each row over on its own (else: the batch, when claimed)
+    journal: Journal | None = None  # hand-overs go to this journal (claims only reserve)
     result: ChunkResult = field(default_factory=ChunkResult)
     deferring: list[tuple[int, float]] = field(default_factory=list)  # this batch's retries
     unrecorded: list[Outcome] = field(default_factory=list)  # recorded with the next claim
@@ -173,6 +176,7 @@ def run_connection(
     work: ChunkWork | None = None,
     token: str | None = None,
     per_message: bool = True,
+    journal_dir: Path | None = None,
 ) -> ChunkResult:
     """Send every pending row of ``run_id`` with id in [lo, hi] over ``transport`` (one
     connection); return what happened. Several calls (threads, one connection each) may share
@@ -182,7 +186,10 @@ def run_connection(
     ``per_message`` (the campaign's ``crash_window: message``) hands each row over just before
     its message goes on the wire: a crash leaves at most that message in doubt. Without it the
     claimed batch is handed over with the claim (one statement a batch): a crash leaves the
-    batch's unsent rows in doubt too.
+    batch's unsent rows in doubt too. With ``journal_dir`` (``crash_window: message``, the
+    default) claims only reserve rows and each hand-over is written to this connection's local
+    journal (engine/journal.py; ``token`` must be a journal token): the same window as
+    ``per_message`` for one file append a message instead of a ledger statement.
 
     Raises RunStopped when the run stopped (this chunk's failures, or another thread's), and
     AuthError/TlsError when the server refuses the credentials or TLS (the run is stopped too).
@@ -203,6 +210,8 @@ def run_connection(
         if not len(work) and work.next_due() is None:
             return chunk.result  # nothing left for this connection: do not connect
         _open(chunk)
+        if journal_dir is not None:
+            chunk.journal = Journal(journal_dir, run_id, chunk.token)
         while True:
             control.check()
             ids = work.due(time.monotonic(), everything=control.retry_time_left() <= 0)
@@ -218,7 +227,10 @@ def run_connection(
             # The previous batch's outcomes and this claim: one transaction. The rows are only
             # reserved: each is handed over (``_hand_over``) just before its message is sent.
             record = chunk.unrecorded
-            hand_over = () if per_message else ids  # by batch: handed over with the claim
+            if chunk.journal is not None:
+                chunk.journal.flush()  # the journal knows every outcome before the ledger does
+            # by batch: handed over with the claim; else each row on its own
+            hand_over = () if per_message or chunk.journal is not None else ids
             claims = _ledger(
                 chunk,
                 partial(
@@ -231,6 +243,8 @@ def run_connection(
                 ),
             ).claims
             _recorded(chunk)
+            if chunk.journal is not None:
+                chunk.journal.committed()  # a claim is a durable commit: the journal starts anew
             if not claims:
                 continue
             started = time.monotonic()
@@ -248,6 +262,8 @@ def run_connection(
             _flush(chunk)  # the last batch's outcomes
         finally:
             transport.close()
+            if chunk.journal is not None:
+                chunk.journal.close()
     return chunk.result
 
 
@@ -311,7 +327,9 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             if chunk.pacer is not None:
                 chunk.pacer.wait()
             control.gate()
-            if chunk.per_message and not _hand_over(chunk, claim):
+            if chunk.journal is not None:
+                chunk.journal.handing_over(claim.id)
+            elif chunk.per_message and not _hand_over(chunk, claim):
                 done.add(claim.id)  # taken back by a resume elsewhere: not ours to send
                 continue
             in_flight = claim.id
@@ -321,11 +339,15 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             except DeliveryRefused as exc:
                 in_flight = None
                 outcome = _refused(chunk, claim, exc, message_id)
+                if chunk.journal is not None and outcome.status != UNKNOWN:
+                    chunk.journal.refused(claim.id)  # the server did not keep it
                 chunk.unrecorded.append(outcome)
                 done.add(claim.id)
                 continue
             in_flight = None
             provider_id = reply.provider_message_id  # None: an SMTP server's reply
+            if chunk.journal is not None:
+                chunk.journal.accepted(claim.id, reply.code, message_id, provider_id)
             chunk.unrecorded.append(
                 Outcome(
                     claim.id,
@@ -344,6 +366,8 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
     except (AuthError, TlsError, ConnectError, RunStopped):
         # Nothing of the message in flight was transmitted (we could not (re)connect, or the
         # run stopped before it): it goes back to pending with the rest.
+        if in_flight is not None and chunk.journal is not None:
+            chunk.journal.refused(in_flight)
         in_flight = None
         raise
     except BaseException as exc:
@@ -375,6 +399,8 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
 def _flush(chunk: _Connection) -> None:
     """Record the outcomes not yet recorded (normally they go with the next hand-over or claim,
     in one transaction)."""
+    if chunk.journal is not None:
+        chunk.journal.flush()
     if chunk.unrecorded:
         record = chunk.unrecorded
         _ledger(chunk, lambda: chunk.store.record(record, token=chunk.token))

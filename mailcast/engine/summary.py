@@ -107,4 +107,9 @@ def finish_run(ledger: Ledger, run_id: str) -> RunSummary:
     still_open = counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]
     status = RunStatus.COMPLETED if still_open == 0 else RunStatus.PAUSED
     ledger.set_run(run_id, status=status, finished_at=utcnow())
+    if counts[DeliveryStatus.SENDING] == 0:  # nothing left in flight: its journals are done
+        from mailcast.engine.journal import remove_run
+        from mailcast.settings import Settings
+
+        remove_run(Settings().journals(), run_id)
     return summarize_run(ledger, run_id)

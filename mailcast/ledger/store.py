@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -394,6 +394,12 @@ class Exchanged:
 
     claims: list[Claim] = field(default_factory=list)
     handed: set[int] = field(default_factory=set)
+
+
+# What a journaled sender's journal says (engine/journal.py): the rows accepted (row → SMTP
+# code, Message-ID, provider id) and the rows on the wire when it stopped.
+Journaled = tuple[Mapping[int, tuple[int, str | None, str | None]], set[int]]
+JOURNAL_TOKEN_PREFIX = "j"  # claim tokens of journaled senders (engine/journal.TOKEN_PREFIX)
 
 
 class Store(Protocol):
@@ -774,16 +780,39 @@ class Ledger:
 
     # -- recovery ---------------------------------------------------------------------------
 
-    def mark_unknown(self, run_id: str) -> int:
+    def mark_unknown(
+        self,
+        run_id: str,
+        journals: Mapping[str, Journaled] | None = None,
+        *,
+        busy: Iterable[str] = (),
+    ) -> int:
         """After a crash: rows whose message was handed over (``sending`` with ``handed_at``)
         may or may not have been delivered: ``unknown``. Rows a sender had only reserved go
         back to pending (nothing of them left), unless the database itself restarted since
         they were claimed (on Postgres a hand-over is committed without waiting for the disk,
-        so a crash of the server may have lost one): then they are ``unknown`` too. Returns
-        how many rows became unknown."""
+        so a crash of the server may have lost one): then they are ``unknown`` too.
+
+        ``journals``: per claim token of a journaled sender (engine/journal.py), what its
+        journal says: the rows accepted (row → code, Message-ID, provider id: ``sent``) and
+        the rows on the wire (``unknown``); its other rows were only reserved (``pending``).
+        A journaled sender's rows without a journal here are all ``unknown``. ``busy``: claim
+        tokens of senders still at work (their journals are locked): their rows are theirs.
+        Returns how many rows became unknown."""
         sending = [D.c.run_id == run_id, D.c.status == SENDING]
-        reserved = [*sending, D.c.handed_at.is_(None)]
+        if busy := list(busy):
+            sending.append(func.coalesce(D.c.claim_token, "").not_in(busy))
+        unknown = 0
         with self.engine.begin() as conn:
+            for token, (accepted, in_doubt) in (journals or {}).items():
+                unknown += self._settle_journaled(
+                    conn, [*sending, D.c.claim_token == token], accepted, in_doubt
+                )
+            reserved = [
+                *sending,
+                D.c.handed_at.is_(None),
+                func.coalesce(D.c.claim_token, "").not_like(f"{JOURNAL_TOKEN_PREFIX}%"),
+            ]
             if self._reservations_trusted(conn, reserved):
                 conn.execute(
                     update(D)
@@ -804,7 +833,62 @@ class Ledger:
                     updated_at=utcnow(),
                 )
             )
-        return result.rowcount or 0
+        return unknown + (result.rowcount or 0)
+
+    def _settle_journaled(
+        self,
+        conn: Connection,
+        mine: list[Any],
+        accepted: Mapping[int, tuple[int, str | None, str | None]],
+        in_doubt: Iterable[int],
+    ) -> int:
+        now = utcnow()
+        if accepted:
+            conn.execute(
+                update(D)
+                .where(*mine, D.c.id == bindparam("b_id"))
+                .values(
+                    status=SENT,
+                    reason=None,
+                    smtp_code=bindparam("b_code"),
+                    smtp_reply="accepted (recorded from the sender's journal after a crash)",
+                    smtp_stage=bindparam("b_stage"),
+                    message_id=func.coalesce(bindparam("b_mid"), D.c.message_id),
+                    provider_message_id=bindparam("b_pid"),
+                    sent_at=now,
+                    updated_at=now,
+                ),
+                [
+                    {  # an SMTP code and stage for SMTP; a provider's acceptance has its id
+                        "b_id": i,
+                        "b_code": code if pid is None else None,
+                        "b_stage": SmtpStage.DATA if pid is None else None,
+                        "b_mid": mid,
+                        "b_pid": pid,
+                    }
+                    for i, (code, mid, pid) in accepted.items()
+                ],
+            )
+        doubt = [i for i in in_doubt if i not in accepted]
+        result = (
+            conn.execute(
+                update(D)
+                .where(*mine, D.c.id.in_(doubt))
+                .values(
+                    status=UNKNOWN,
+                    reason="on the wire when the run was interrupted; may have been delivered",
+                    updated_at=now,
+                )
+            )
+            if doubt
+            else None
+        )
+        conn.execute(  # the rest were only reserved: nothing of them left
+            update(D)
+            .where(*mine)
+            .values(status=PENDING, attempts=D.c.attempts - 1, claim_token=None, updated_at=now)
+        )
+        return (result.rowcount or 0) if result is not None else 0
 
     def _reservations_trusted(self, conn: Connection, reserved: list[Any]) -> bool:
         """Whether ``handed_at`` can be trusted for the reserved rows: always on SQLite (a commit
