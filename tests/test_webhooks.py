@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailcast.ledger.store import Ledger
 from tests.test_tracking import Service
@@ -351,3 +353,47 @@ def test_a_bad_webhook_secret_is_one_line_at_startup(monkeypatch: pytest.MonkeyP
     config = HookConfig.from_settings(get_settings())
     assert config.ses_topics == {"arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:eu-west-1:1:b"}
     assert "secret-pass" not in repr(config)
+
+
+# -- the event parsers take whatever a (signed) post holds ------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_FIELDS = (
+    "event", "email", "timestamp", "time", "sg_event_id", "sg_message_id", "smtp-id", "type",
+    "status", "reason", "response", "id", "recipient", "severity", "delivery-status", "message",
+    "MessageID", "Message_GUID", "CustomID", "hard_bounce", "error", "error_related_to",
+    "notificationType", "eventType", "mail", "bounce", "complaint", "delivery", "deliveryDelay",
+)  # fmt: skip
+_EVENTS = st.dictionaries(
+    st.sampled_from(_FIELDS),
+    _JSON | st.sampled_from(["bounce", "failed", "Bounce", "Permanent", "dropped", "permanent"]),
+    max_size=12,
+)
+_OUTCOMES = {"hard", "soft", "complaint", "deferral", "unsubscribe", "delivered", "ignored"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_EVENTS)
+def test_event_parsers_never_fail_on_odd_json(data: dict[str, Any]) -> None:
+    from mailcast.web.hooks import mailgun, mailjet, sendgrid, ses
+
+    found = [sendgrid.event(data), mailgun.event(data), mailjet.event(data), *ses.events(data)]
+    for e in found:
+        assert e.outcome in _OUTCOMES and len(e.key) <= 400
+        assert all(isinstance(i, str) for i in e.provider_ids)
+        e.report().detail()
+        e.lookup()
+
+
+def test_a_post_over_the_size_limit_is_refused(service: Service) -> None:
+    from mailcast.web.hooks.common import MAX_BODY
+
+    body = b"[" + b" " * MAX_BODY + b"]"
+    reply = post(f"{service.url}/hooks/mailjet", body, Authorization=basic(*MAILJET_AUTH))
+    assert reply.status_code == 413

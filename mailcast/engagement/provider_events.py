@@ -20,6 +20,7 @@ a permanent one is read by its enhanced status or SMTP code (``bounces.classify`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from mailcast.ledger.provider_events import Lookup
 log = logging.getLogger("mailcast.webhooks")
 
 SOFT_BOUNCE_LIMIT = 3  # process_mailbox's default
+MAX_KEY = 400
 
 
 @dataclass
@@ -52,12 +54,17 @@ class ProviderEvent:
     occurred_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # inbound_messages.message_key holds 400 characters
+        if len(self.key) > MAX_KEY:
+            provider = self.key.split(":", 1)[0][:20]
+            self.key = f"{provider}:sha256:{hashlib.sha256(self.key.encode()).hexdigest()}"
+
     def report(self) -> bounces.Report:
         extra = {"event": self.event[:100], **self.extra}
         if self.provider_ids:
             extra["provider_message_id"] = self.provider_ids[0][:300]
         return bounces.Report(
-            message_key=self.key[:400],
+            message_key=self.key,
             outcome=self.outcome,
             recipients=[self.recipient[:320]] if self.recipient else [],
             status=self.status,
@@ -69,7 +76,7 @@ class ProviderEvent:
 
     def lookup(self) -> Lookup:
         return Lookup(
-            key=self.key[:400],
+            key=self.key,
             provider_ids=tuple(i[:300] for i in self.provider_ids if i),
             mailcast_ids=tuple(bounces.find_mailcast_ids(*self.message_ids)),
             recipient=self.recipient,
@@ -133,10 +140,9 @@ def record(
     with engine.begin() as conn:
         found = provider_events.find(conn, [e.lookup() for e in unique.values()])
         matches = {
-            k[:400]: Match(f.delivery_id, f.run_id, f.address_key, f.matched_by)
-            for k, f in found.items()
+            k: Match(f.delivery_id, f.run_id, f.address_key, f.matched_by) for k, f in found.items()
         }
-        reports = [e.report() for e in unique.values() if e.key[:400] in matches]
+        reports = [e.report() for e in unique.values() if e.key in matches]
         summary.ignored += len(unique) - len(reports)
         record_reports(
             conn, summary.mailbox, reports, matches, soft_bounce_limit, summary, source=provider
