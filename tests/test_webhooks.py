@@ -7,6 +7,7 @@ recorded nowhere; events about no delivery of the ledger are answered 200 and le
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -397,3 +399,38 @@ def test_a_post_over_the_size_limit_is_refused(service: Service) -> None:
     body = b"[" + b" " * MAX_BODY + b"]"
     reply = post(f"{service.url}/hooks/mailjet", body, Authorization=basic(*MAILJET_AUTH))
     assert reply.status_code == 413
+
+
+class _LedgerDown:
+    def begin(self) -> Any:
+        raise ConnectionError("the ledger is down")
+
+
+def test_a_ledger_outage_answers_503_and_the_providers_retry_is_taken(db_url: str) -> None:
+    """The ledger failing mid-post: 503 (the provider retries), and the retry of the very same
+    signed post is not taken for a replay."""
+    from starlette.applications import Starlette
+
+    from mailcast.web.hooks import HookConfig, routes
+
+    run = SentRun(db_url, {"gone": f"<{uuid.uuid4().hex}@mg.example.com>"})
+    m = run.m["gone"]
+    app = Starlette(routes=routes(_LedgerDown(), HookConfig(mailgun_key=MAILGUN_KEY)))
+    hooks = app.routes[0].routes[0].endpoint.__self__.hooks  # type: ignore[attr-defined]
+    event = mg_event("failed", m.address, str(m.provider_id).strip("<>"), severity="permanent",
+                     **{"delivery-status": {"code": 550, "message": "5.1.1 no such user"}})  # fmt: skip
+    body = mailgun_body(event)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hooks") as client:
+            assert (await client.post("/hooks/mailgun", content=body)).status_code == 503
+            assert run.counts() == (0, 0)
+            hooks.engine = Ledger(db_url).engine  # the ledger is back
+            reply = await client.post("/hooks/mailgun", content=body)
+            assert reply.status_code == 200 and reply.json()["recorded"] == 1
+            again = await client.post("/hooks/mailgun", content=body)
+            assert again.status_code == 403  # now a replay
+
+    asyncio.run(scenario())
+    assert run.suppressed() == {"gone": "hard_bounce"}
