@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     transport_block: str | None = Field(
         default=None, description="Name of a saved transport block (NAME or KIND/NAME)"
     )
+    # the HTTP API providers' credentials for their URL forms (sendgrid://, mailgun://DOMAIN,
+    # mailjet://); their Prefect blocks are the other way
+    sendgrid_api_key: SecretStr | None = None
+    mailgun_api_key: SecretStr | None = None
+    mailjet_api_key: SecretStr | None = None
+    mailjet_secret_key: SecretStr | None = None
     campaign_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Folders campaign folders (a spec's base_dir) must be inside, besides the "
