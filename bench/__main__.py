@@ -10,7 +10,9 @@ process (peak memory: the polled sum over the process tree) and prints a table: 
 baseline measured in the same invocation, the ratio, peak RSS, the target (issue 4) and whether
 it is met. Scenarios: raw (one connection; and 3 processes × 4 connections as a reference),
 mailcast-e2e, compare (naive, mailmerge, mailcast on the same rows), million, slow-server, ingest,
-plan-copy, rate-limit, dkim (e2e unsigned vs DKIM-signed, and the signing cost per message).
+plan-copy, rate-limit, dkim (e2e unsigned vs DKIM-signed, and the signing cost per message),
+http-provider (mailcast through a local fake SendGrid API vs a bare httpx client against the
+same fake).
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ SCENARIOS = [
     "plan-copy",
     "rate-limit",
     "dkim",
+    "http-provider",
 ]
-NEEDS_PREFECT = {"mailcast-e2e", "compare", "million", "slow-server", "rate-limit", "dkim"}
+NEEDS_PREFECT = {
+    "mailcast-e2e", "compare", "million", "slow-server", "rate-limit", "dkim", "http-provider",
+}  # fmt: skip
 NEEDS_SINK = {"raw", "mailcast-e2e", "compare", "million", "dkim"}
 
 FULL = {
@@ -62,6 +67,7 @@ FULL = {
     "plan": 1_000_000,
     "plan_baseline": 20_000,
     "rate_window": 60,
+    "http": 20_000,
 }
 QUICK = {
     "raw": 5_000,
@@ -73,6 +79,7 @@ QUICK = {
     "plan": 100_000,
     "plan_baseline": 2_000,
     "rate_window": 10,
+    "http": 3_000,
 }
 SLOW_DELAY = 0.5
 # Worker processes for every mailcast run: one more than the cores. A worker spends ~40 % of its
@@ -633,6 +640,10 @@ class Bench:
                 from bench.dkim import run_dkim
 
                 run_dkim(self)
+            if "http-provider" in only:
+                from bench.http_provider import run_http
+
+                run_http(self)
         total = time.perf_counter() - started
         self.report(total)
         return 0

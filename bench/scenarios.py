@@ -283,7 +283,9 @@ def mailcast(
     os.environ["MAILCAST_DATABASE_URL"] = db_url  # the flow reads its ledger from the settings
     t = time.perf_counter()
     cpu = cpu_seconds()
-    summary = send_campaign(spec=spec, dry_run=False, smtp_url=smtp_url)
+    # an API provider's URL (sendgrid://...) goes to the flow as the transport URL
+    url = {"smtp_url": smtp_url} if smtp_url.startswith("smtp") else {"transport_url": smtp_url}
+    summary = send_campaign(spec=spec, dry_run=False, **url)
     seconds = time.perf_counter() - t
     return {
         "messages": summary.counts.get("sent", 0),
@@ -323,6 +325,7 @@ NAMES = [
     "ingest",
     "plan-copy",
     "dkim-sign",
+    "http-bare",
 ]
 
 
@@ -354,7 +357,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="run one benchmark scenario once")
     ap.add_argument("name", choices=NAMES)
     ap.add_argument("--port", type=int, default=0, help="SMTP port (raw, naive, mailmerge)")
-    ap.add_argument("--smtp", default="", help="SMTP URL (mailcast)")
+    ap.add_argument("--smtp", default="", help="SMTP or API provider URL (mailcast)")
+    ap.add_argument("--base-url", default="", help="the fake API's base URL (http-bare)")
     ap.add_argument("--db", default="", help="ledger URL (mailcast)")
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--spec", default="{}", help="JSON: extra campaign spec fields (mailcast)")
@@ -386,6 +390,10 @@ def main() -> None:
         result = sign_cost(args.n, args.workdir)
     elif args.name == "ingest":
         result = ingest(args.n, args.workdir)
+    elif args.name == "http-bare":
+        from bench.http_provider import bare
+
+        result = bare(args.base_url, args.n, args.connections)
     else:
         result = plan_copy(args.pg, args.n, args.baseline_rows)
     result["rss_mb"] = round(peak_rss_mb(), 1)
