@@ -23,7 +23,13 @@ def transport(base_url: str, good: bool = True, timeout: float = 5.0) -> Mailgun
 
 
 PROVIDER = Provider(
-    FakeMailgun, transport, 200, (KEY, WRONG), rejected_words="to parameter is not a valid"
+    FakeMailgun,
+    transport,
+    200,
+    (KEY, WRONG),
+    rejected_words="to parameter is not a valid",
+    url=lambda base_url: f"mailgun://{DOMAIN}?base_url={base_url}",
+    env={"MAILCAST_MAILGUN_API_KEY": (KEY, WRONG)},
 )
 globals().update(provider_tests(PROVIDER))  # every answer; 1,000-recipient campaigns
 

@@ -29,7 +29,13 @@ def transport(
 
 
 PROVIDER = Provider(
-    FakeMailjet, transport, 200, (SECRET, WRONG), rejected_words='mj-0013: "person0@example.com"'
+    FakeMailjet,
+    transport,
+    200,
+    (SECRET, WRONG),
+    rejected_words="is an invalid email address. (To[0].Email)",
+    url=lambda base_url: f"mailjet://?base_url={base_url}",
+    env={"MAILCAST_MAILJET_API_KEY": (KEY, KEY), "MAILCAST_MAILJET_SECRET_KEY": (SECRET, WRONG)},
 )
 globals().update(provider_tests(PROVIDER))  # every answer; 1,000-recipient campaigns
 

@@ -24,9 +24,16 @@ def transport(base_url: str, good: bool = True, timeout: float = 5.0) -> SendGri
 
 
 PROVIDER = Provider(
-    FakeSendGrid, transport, 202, (KEY, WRONG), rejected_words="Does not contain a valid address"
+    FakeSendGrid,
+    transport,
+    202,
+    (KEY, WRONG),
+    rejected_words="Does not contain a valid address",
+    url=lambda base_url: f"sendgrid://?base_url={base_url}",
+    env={"MAILCAST_SENDGRID_API_KEY": (KEY, WRONG)},
 )
-globals().update(provider_tests(PROVIDER))  # every answer; 1,000-recipient campaigns
+# every answer; 1,000-recipient campaigns; the CLI and the flow
+globals().update(provider_tests(PROVIDER, cli=True))
 
 
 def test_the_message_is_sent_field_by_field(messages: Messages) -> None:

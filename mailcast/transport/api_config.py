@@ -41,7 +41,9 @@ class ApiEndpoint:
 
     @property
     def where(self) -> str:
-        return f"{self.provider} {redact_url(self.base_url)}"
+        """``sendgrid api.sendgrid.com`` (host and port, no slash: it also names the run's
+        concurrency limit)."""
+        return f"{self.provider} {urlsplit(self.base_url).netloc}"
 
     def url(self, path: str) -> str:
         return self.base_url + path

@@ -67,7 +67,12 @@ class TransportKind:
 # The registry: one line per transport (docs/architecture.md, "where to add a transport").
 KINDS: dict[str, TransportKind] = {
     kind.scheme: kind
-    for kind in (TransportKind("smtp", "SMTP", "smtp", "smtp:SmtpServer", aliases=("smtps",)),)
+    for kind in (
+        TransportKind("smtp", "SMTP", "smtp", "smtp:SmtpServer", aliases=("smtps",)),
+        TransportKind("sendgrid", "SendGrid", "sendgrid", "sendgrid:SendGridAccount"),
+        TransportKind("mailgun", "Mailgun", "mailgun", "mailgun:MailgunAccount"),
+        TransportKind("mailjet", "Mailjet", "mailjet", "mailjet:MailjetAccount"),
+    )
 }
 
 

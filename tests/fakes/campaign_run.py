@@ -1,19 +1,18 @@
-"""A 1,000-recipient campaign through the engine to a fake API, with faults: what every HTTP
-API transport's end-to-end test asserts (every row final, no message twice, the provider's ids
-kept)."""
+"""A 1,000-recipient campaign through the engine to a fake API, with faults, the transport
+chosen through the registry by its URL (``sendgrid://?base_url=...``) and its key from the
+environment: what every HTTP API transport's end-to-end test asserts (every row final, no
+message twice, the provider's ids in ``deliveries.provider_message_id``)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from mailcast.engine import chunk as chunk_module
 from mailcast.errors import AuthError
-from mailcast.transport.base import Reply, Transport
+from mailcast.ledger.models import Delivery
 from tests.fakes.contract import Provider
 from tests.fakes.http_fake import Fault
 from tests.test_faults import Run, plan
@@ -36,41 +35,9 @@ def faults() -> list[Fault]:
     ]
 
 
-class Recording:
-    """A transport that keeps the provider id of each acceptance (until the ledger stores it)."""
-
-    def __init__(self, inner: Transport, replies: dict[str, Reply]) -> None:
-        self.inner = inner
-        self.where = inner.where
-        self.replies = replies
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        self.inner.open()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def send(self, sender: str, recipient: str, message: bytes) -> Reply:
-        reply = self.inner.send(sender, recipient, message)
-        with self._lock:
-            assert recipient not in self.replies, recipient
-            self.replies[recipient] = reply
-        return reply
-
-
-def use_transport(
-    monkeypatch: pytest.MonkeyPatch, new: Callable[[], Transport], replies: dict[str, Reply]
-) -> None:
-    """Make the engine's connections use ``new()`` transports."""
-    monkeypatch.setattr(
-        chunk_module, "_transports", lambda target: lambda: Recording(new(), replies)
-    )
-
-
-def plan_run(folder: Path, n: int = N, **spec_extra: Any) -> Run:
+def plan_run(folder: Path, url: str, n: int = N, **spec_extra: Any) -> Run:
     extra = {"connections": 4, "max_attempts": 5, "pause_after_failures": 0, **spec_extra}
-    return plan(folder, None, n, url="smtp://127.0.0.1:9", **extra)  # type: ignore[arg-type]
+    return plan(folder, None, n, url=url, **extra)  # type: ignore[arg-type]
 
 
 def check_campaign_with_faults(
@@ -78,26 +45,26 @@ def check_campaign_with_faults(
 ) -> None:
     """1,000 recipients through the engine (4 connections) to the provider's fake with
     ``faults()``: every row final, no message twice, each acceptance's provider id kept."""
-    replies: dict[str, Reply] = {}
+    provider.credentials(monkeypatch, good=True)
     with provider.fake(*faults(), hang=1.0) as fake:
-        use_transport(monkeypatch, lambda: provider.transport(fake.base_url, True, 0.5), replies)
-        run = plan_run(folder)
+        run = plan_run(folder, provider.url(fake.base_url) + "&timeout=0.5")
         run.send()
     rows = run.rows()
     statuses = {a: r["status"] for a, r in rows.items()}
     expected = dict.fromkeys(run.addresses, "sent") | {TIMED_OUT: "unknown", REJECTED: "failed"}
     assert statuses == expected
-    assert rows[REJECTED]["smtp_code"] == 400 and "rejected" in rows[REJECTED]["reason"]
+    assert rows[REJECTED]["reason"].startswith("rejected: 400 "), rows[REJECTED]["reason"]
+    assert provider.rejected_words in rows[REJECTED]["reason"]
     assert "may have been delivered" in rows[TIMED_OUT]["reason"]
-    codes = {r["smtp_code"] for r in rows.values() if r["status"] == "sent"}
-    assert codes == {provider.success_code}
     # no message twice; the timed-out one reached the provider once (and is not sent again)
     assert fake.counts() == dict.fromkeys(set(run.addresses) - {REJECTED}, 1)
     assert fake.answered[429] + fake.answered[401] >= 6 and fake.answered[500] == 3
-    # the provider's ids: one per accepted message, each the one the fake gave it
-    ids = {r.recipient: r.provider_id.strip("<>") for r in fake.received}
-    assert {a: r.provider_message_id for a, r in replies.items()} == {a: ids[a] for a in replies}
-    assert len(replies) == N - 2
+    # the provider's id of each accepted message, in the ledger
+    given = {r.recipient: r.provider_id.strip("<>") for r in fake.received}
+    stored = provider_ids_of(run.ledger, run.run_id)
+    sent = [a for a, s in statuses.items() if s == "sent"]
+    assert {a: stored[a] for a in sent} == {a: given[a] for a in sent}
+    assert stored[TIMED_OUT] is None and stored[REJECTED] is None
     assert run.finish() == "completed"
 
 
@@ -106,16 +73,55 @@ def check_bad_credentials_stop_the_run(
 ) -> None:
     """A wrong key stops the run at its first answer, nobody is marked failed; with the right
     key the run then finishes, every message once."""
-    replies: dict[str, Reply] = {}
     with provider.fake() as fake:
-        use_transport(monkeypatch, lambda: provider.transport(fake.base_url, False, 5.0), replies)
-        run = plan_run(folder, 100)
+        provider.credentials(monkeypatch, good=False)
+        run = plan_run(folder, provider.url(fake.base_url), 100)
         with pytest.raises(AuthError):
             run.send()
         assert {r["status"] for r in run.rows().values()} == {"pending"}
         assert fake.received == []
-        use_transport(monkeypatch, lambda: provider.transport(fake.base_url, True, 5.0), replies)
+        provider.credentials(monkeypatch, good=True)
         run.send()
     assert {r["status"] for r in run.rows().values()} == {"sent"}
     assert fake.counts() == dict.fromkeys(run.addresses, 1)
     assert run.finish() == "completed"
+
+
+def check_cli_send_then_resume(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, provider: Provider
+) -> None:
+    """Through the CLI and the flow, the transport chosen by its URL: a wrong key stops the run
+    with one line and a hint, nobody failed; with the right key ``mailcast resume`` (which finds
+    the transport in the run's record) sends every message once, each provider id stored."""
+    from typer.testing import CliRunner
+
+    from mailcast.cli import app
+    from mailcast.ledger.store import Ledger
+    from tests.campaigns import people, write_campaign
+
+    runner = CliRunner()
+    db = f"sqlite:///{folder / 'ledger.sqlite3'}"
+    spec = write_campaign(folder, people(30), spec_extra={"connections": 2})
+    with provider.fake() as fake:
+        provider.credentials(monkeypatch, good=False)
+        url = provider.url(fake.base_url)
+        sent = runner.invoke(app, ["send", str(spec), "--send", "--transport", url, "--db", db])
+        assert sent.exit_code == 2, sent.output
+        assert "Traceback" not in sent.output
+        assert "the API refused the credentials: 401" in sent.stderr
+        ledger = Ledger(db)
+        run_id = ledger.runs()[0].id
+        assert ledger.run(run_id).status == "paused" and ledger.counts(run_id)["failed"] == 0
+        provider.credentials(monkeypatch, good=True)
+        again = runner.invoke(app, ["resume", run_id, "--db", db])
+        assert again.exit_code == 0, again.output
+    assert ledger.run(run_id).status == "completed"
+    assert fake.counts() == {str(p["email"]): 1 for p in people(30)}
+    given = {r.recipient: r.provider_id.strip("<>") for r in fake.received}
+    assert {a: i for a, i in provider_ids_of(ledger, run_id).items()} == given
+
+
+def provider_ids_of(ledger: Any, run_id: str) -> dict[str, str | None]:
+    query = select(Delivery.address, Delivery.provider_message_id).where(Delivery.run_id == run_id)
+    with ledger.engine.connect() as conn:
+        return dict(conn.execute(query).tuples().all())

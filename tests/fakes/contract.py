@@ -21,13 +21,21 @@ SENDER = "bounces@mailcast.example"
 
 @dataclass
 class Provider:
-    """A fake (``fake()``) and the transport to it: ``transport(base_url, good_key, timeout)``."""
+    """A fake (``fake()``) and the transport to it: ``transport(base_url, good_key, timeout)``
+    directly, or through the registry: ``url(base_url)`` with the credentials in the
+    environment (``env``: variable → (the right value, a wrong one))."""
 
     fake: Callable[..., FakeApi]
     transport: Callable[[str, bool, float], ApiTransport]
     success_code: int
     secrets: tuple[str, ...]  # the credentials, which no message may show
     rejected_words: str  # what the refusal of a bad message says
+    url: Callable[[str], str]
+    env: dict[str, tuple[str, str]]
+
+    def credentials(self, monkeypatch: pytest.MonkeyPatch, *, good: bool) -> None:
+        for name, (right, wrong) in self.env.items():
+            monkeypatch.setenv(name, right if good else wrong)
 
 
 def send(provider: Provider, fake: FakeApi, messages: Messages, i: int, **kw: Any) -> Any:
@@ -129,8 +137,10 @@ CHECKS = [
 ]
 
 
-def provider_tests(provider: Provider) -> dict[str, Any]:
-    """A provider's test module's tests: ``globals().update(provider_tests(PROVIDER))``."""
+def provider_tests(provider: Provider, *, cli: bool = False) -> dict[str, Any]:
+    """A provider's test module's tests: ``globals().update(provider_tests(PROVIDER))``;
+    ``cli``: also a send and a resume through the CLI and the flow (slow: the path is the same
+    for every provider, one runs it)."""
     from tests.fakes import campaign_run
 
     @pytest.fixture(scope="module")
@@ -147,9 +157,17 @@ def provider_tests(provider: Provider) -> dict[str, Any]:
     def test_bad_credentials_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         campaign_run.check_bad_credentials_stop_the_run(tmp_path, monkeypatch, provider)
 
-    return {
+    @pytest.mark.slow
+    @pytest.mark.usefixtures("prefect_harness")
+    def test_cli_send_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        campaign_run.check_cli_send_then_resume(tmp_path, monkeypatch, provider)
+
+    tests = {
         "messages": messages,
         "test_answers": test_answers,
         "test_campaign_with_faults": test_campaign_with_faults,
         "test_bad_credentials_stop_the_run": test_bad_credentials_stop_the_run,
     }
+    if cli:
+        tests["test_cli_send_then_resume"] = test_cli_send_then_resume
+    return tests
