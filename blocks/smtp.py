@@ -9,10 +9,11 @@ and use it with ``mailcast send --smtp-block newsletter``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
+from mailcast.blocks.oauth2 import GoogleOAuth2, MicrosoftOAuth2
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from mailcast.transport.smtp import SmtpConfig
 
@@ -45,11 +46,18 @@ class SmtpServer(Block):
     )
     username: str | None = Field(
         default=None,
-        description="Login name for SMTP AUTH; leave empty for a server that needs no login.",
+        description="Login name for SMTP AUTH (with OAuth2: the mailbox address); leave empty "
+        "for a server that needs no login.",
     )
     password: SecretStr | None = Field(
         default=None,
         description="Password for SMTP AUTH (stored encrypted, never shown).",
+    )
+    oauth2: MicrosoftOAuth2 | GoogleOAuth2 | None = Field(
+        default=None,
+        title="OAuth2 credentials",
+        description="Log in with OAuth2 (XOAUTH2) instead of the password: a Microsoft 365 or "
+        "Google OAuth2 block. Microsoft 365 needs it (Basic authentication ends in 2026).",
     )
     timeout: float = Field(
         default=30.0,
@@ -61,6 +69,12 @@ class SmtpServer(Block):
         description="Check the server's TLS certificate. Turn off only for test servers with "
         "self-signed certificates.",
     )
+
+    @model_validator(mode="after")
+    def _oauth2_needs_the_mailbox(self) -> Self:
+        if self.oauth2 is not None and not self.username:
+            raise ValueError("with oauth2, username must be the mailbox address to send as")
+        return self
 
     def setup(self) -> SmtpConfig:
         """The transport registry's entry (``factory.KINDS``)."""
@@ -76,4 +90,5 @@ class SmtpServer(Block):
             password=self.password,
             timeout=self.timeout,
             verify_tls=self.verify_tls,
+            oauth2=self.oauth2.token_provider() if self.oauth2 is not None else None,
         )

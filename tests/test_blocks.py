@@ -66,6 +66,8 @@ def test_block_register_finds_the_block() -> None:
     found = [cls for _, cls in inspect.getmembers(mailcast.blocks) if Block.is_block_class(cls)]
     assert {SmtpServer, SendGridAccount, MailgunAccount, MailjetAccount} <= set(found)
     assert ApiAccount not in found  # the API providers' base is no block type of its own
+    # the OAuth2 credentials and the Gmail API
+    assert {"GmailApi", "GoogleOAuth2", "MicrosoftOAuth2"} <= {cls.__name__ for cls in found}
 
 
 def test_block_metadata_and_descriptions() -> None:

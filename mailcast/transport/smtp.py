@@ -34,6 +34,7 @@ from mailcast.errors import (
 )
 from mailcast.redact import redact_url
 from mailcast.transport.base import Reply
+from mailcast.transport.oauth2 import TokenProvider, xoauth2
 
 if TYPE_CHECKING:
     from mailcast.settings import Settings
@@ -75,6 +76,8 @@ class SmtpConfig:
     timeout: float = 30.0
     verify_tls: bool = True
     local_hostname: str | None = None
+    # OAuth2 instead of the password: AUTH XOAUTH2 with this provider's access tokens
+    oauth2: TokenProvider | None = None
 
     def __post_init__(self) -> None:
         if self.security not in SECURITIES:
@@ -96,7 +99,8 @@ class SmtpConfig:
         return (
             f"SmtpConfig(host={self.host!r}, port={self.port}, security={self.security!r}, "
             f"username={self.username!r}, password={password}, timeout={self.timeout}, "
-            f"verify_tls={self.verify_tls}, local_hostname={self.local_hostname!r})"
+            f"verify_tls={self.verify_tls}, local_hostname={self.local_hostname!r}"
+            + (f", oauth2={self.oauth2!r})" if self.oauth2 is not None else ")")
         )
 
     __str__ = __repr__
@@ -385,6 +389,9 @@ class SmtpTransport:
                 where=self.where,
                 hint=hint,
             )
+        if cfg.oauth2 is not None:
+            self._login_xoauth2(smtp, user, cfg.oauth2)
+            return
         secret = cfg.password.get_secret_value() if cfg.password is not None else ""
         try:
             smtp.login(user, secret)
@@ -414,6 +421,53 @@ class SmtpTransport:
                 f"cannot log in as {user}: {exc} (the server offers: {mechanisms})",
                 where=self.where,
             ) from None
+
+    def _login_xoauth2(self, smtp: smtplib.SMTP, user: str, provider: TokenProvider) -> None:
+        """AUTH XOAUTH2 with the provider's access token. A refused token (the server's error
+        challenge is answered with an empty line, then its 535) is replaced once: a second
+        refusal is an AuthError."""
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in offered:
+            raise AuthError(
+                f"cannot log in as {user} with OAuth2: the server does not offer XOAUTH2"
+                f" (it offers: {' '.join(offered) or 'none'})",
+                where=self.where,
+                hint=provider.smtp_hint,
+            )
+        for attempt in (1, 2):
+            token = provider.token()
+
+            def respond(challenge: bytes | None = None, token: str = token) -> str:
+                # the initial response; an error challenge gets an empty line (then the 535)
+                return xoauth2(user, token) if challenge is None else ""
+
+            try:
+                smtp.auth("XOAUTH2", respond, initial_response_ok=True)
+                return
+            except smtplib.SMTPAuthenticationError as exc:
+                provider.invalidate(token)
+                text = _text(exc.smtp_error).replace(token, "***")
+                if attempt == 1 and exc.smtp_code == 535:
+                    log.info("%s refused the access token (%s); asking for a new one", self.where,
+                             exc.smtp_code)  # fmt: skip
+                    continue
+                again = " (a new access token was refused too)" if attempt == 2 else ""
+                raise AuthError(
+                    f"OAuth2 login refused for user {user}: {exc.smtp_code} {text}{again}",
+                    where=self.where,
+                    hint=provider.smtp_hint,
+                ) from None
+            except UnicodeEncodeError:
+                raise AuthError(
+                    f"cannot log in as {user}: XOAUTH2 needs an ASCII user name",
+                    where=self.where,
+                ) from None
+            except smtplib.SMTPServerDisconnected:
+                raise
+            except smtplib.SMTPException as exc:
+                raise AuthError(
+                    f"OAuth2 login failed for user {user}: {exc}", where=self.where
+                ) from None
 
     def close(self) -> None:
         """QUIT and close; errors are ignored. The next ``send`` would reconnect."""
