@@ -7,7 +7,7 @@ from mailcast.blocks.oauth2 import GoogleOAuth2
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from mailcast.transport.gmail import GMAIL_API, GmailConfig, GmailTransport
+from mailcast.transport.gmail import GMAIL_API, GmailConfig
 
 
 class GmailApi(Block):
@@ -42,6 +42,6 @@ class GmailApi(Block):
             timeout=self.timeout,
         )
 
-    def transport(self) -> GmailTransport:
-        """A new transport (one per connection; they share the process's client and token)."""
-        return GmailTransport(self.to_config())
+    def setup(self) -> GmailConfig:
+        """The transport registry's entry (``factory.KINDS``)."""
+        return self.to_config()

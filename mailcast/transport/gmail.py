@@ -18,17 +18,28 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 
-from mailcast.errors import AuthError, ConnectError, ConnectionLost, DeliveryRefused, RefusalKind
+from mailcast.errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    DeliveryRefused,
+    RefusalKind,
+    SpecError,
+)
+from mailcast.redact import redact_url
 from mailcast.transport.base import Reply
 from mailcast.transport.http_client import shared_client
 from mailcast.transport.oauth2 import TokenProvider
 
-__all__ = ["GMAIL_API", "GmailConfig", "GmailTransport"]
+if TYPE_CHECKING:
+    from mailcast.settings import Settings
+
+__all__ = ["GMAIL_API", "GmailConfig", "GmailTransport", "setup_from_url"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,13 @@ class GmailConfig:
     def send_url(self) -> str:
         user = quote(self.user_id, safe="@")
         return f"{self.base_url.rstrip('/')}/upload/gmail/v1/users/{user}/messages/send"
+
+    def check(self) -> None:
+        """Nothing more to check without the network (the URL or block was read)."""
+
+    def new_transport(self) -> GmailTransport:
+        """A new transport (``factory.TransportSetup``); they share the process's client."""
+        return GmailTransport(self)
 
 
 class GmailTransport:
@@ -169,3 +187,48 @@ def _error(body: dict[str, Any], response: httpx.Response) -> tuple[str, set[str
         if isinstance(item, dict) and item.get("reason")
     }
     return str(error.get("message") or json.dumps(error)[:200]), reasons
+
+
+_URL_HINT = (
+    "use gmail://me?oauth2=NAME, NAME a saved Google OAuth2 block (options: user=ADDRESS,"
+    " timeout=SECONDS); or --transport-block with a Gmail API block"
+)
+
+
+def setup_from_url(url: str, settings: Settings | None = None) -> GmailConfig:
+    """The transport registry's entry: ``gmail://me?oauth2=NAME[&timeout=30]``, NAME a saved
+    Google OAuth2 block (the URL holds no secret)."""
+    shown = redact_url(url)
+
+    def bad(problem: str) -> SpecError:
+        return SpecError(
+            f"invalid Gmail URL {shown!r}: {problem}", where="--transport", hint=_URL_HINT
+        )
+
+    try:
+        parts = urlsplit(url.strip())
+        options = dict(parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    except ValueError:
+        raise bad("cannot parse it") from None
+    if parts.scheme.lower() != "gmail":
+        raise bad("it must start with gmail://")
+    unknown = set(options) - {"oauth2", "user", "timeout"}
+    if unknown:
+        raise bad(f"unknown option {sorted(unknown)[0]!r} (known: oauth2, user, timeout)")
+    if parts.path not in ("", "/"):
+        raise bad(f"unexpected path {parts.path!r}")
+    name = options.get("oauth2", "")
+    if not name:
+        raise bad("no credentials: add ?oauth2=NAME (a saved Google OAuth2 block)")
+    try:
+        timeout = float(options.get("timeout", "30"))
+    except ValueError:
+        raise bad(f"timeout must be a number of seconds, not {options['timeout']!r}") from None
+    if not timeout > 0:
+        raise bad("timeout must be > 0")
+    user = options.get("user") or unquote(parts.netloc) or "me"
+    from mailcast.blocks.oauth2 import GoogleOAuth2
+    from mailcast.transport.factory import load_block
+
+    credentials = cast(GoogleOAuth2, load_block(GoogleOAuth2, name))
+    return GmailConfig(oauth2=credentials.token_provider(), user_id=user, timeout=timeout)

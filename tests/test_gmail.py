@@ -1,0 +1,169 @@
+"""The Gmail API transport against a fake of the documented endpoint on loopback, with tokens
+from a local OAuth2 token endpoint: the message uploaded as it is, Gmail's id on the reply,
+every documented answer mapped to its transport-neutral outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from mailcast.blocks import GmailApi, GoogleOAuth2
+
+from mailcast.errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    DeliveryRefused,
+    RefusalKind,
+    SpecError,
+)
+from mailcast.transport import http_client, oauth2
+from mailcast.transport.gmail import GmailConfig, GmailTransport, setup_from_url
+from tests.gmail_fake import GmailFake
+from tests.oauth2_fakes import CLIENT_ID, CLIENT_SECRET, MAILBOX, REFRESH_TOKEN, TokenServer
+
+
+def message(to: str) -> bytes:
+    return (
+        f"From: {MAILBOX}\r\nTo: <{to}>\r\nSubject: hello\r\nMessage-ID: <m@x>\r\n\r\nHi\r\n"
+    ).encode()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> Iterator[None]:
+    oauth2.forget_shared()
+    http_client.reset_shared_client()
+    yield
+    oauth2.forget_shared()
+    http_client.reset_shared_client()
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[TokenServer, GmailFake]]:
+    with TokenServer() as tokens, GmailFake(tokens, stall=1.0) as gmail:
+        yield tokens, gmail
+
+
+def block(tokens: TokenServer, gmail: GmailFake, **fields: object) -> GmailApi:
+    credentials = GoogleOAuth2(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=REFRESH_TOKEN,
+        token_uri=tokens.google_token_uri,
+    )
+    return GmailApi(credentials=credentials, base_url=gmail.url, **fields)  # type: ignore[arg-type]
+
+
+def transport(tokens: TokenServer, gmail: GmailFake, **fields: object) -> GmailTransport:
+    return block(tokens, gmail, **fields).setup().new_transport()
+
+
+def test_a_message_is_uploaded_as_it_is_and_gets_gmails_id(
+    servers: tuple[TokenServer, GmailFake],
+) -> None:
+    tokens, gmail = servers
+    sender = transport(tokens, gmail)
+    sender.open()
+    data = message("a@example.org")
+    reply = sender.send(MAILBOX, "a@example.org", data)
+    reply2 = transport(tokens, gmail).send(MAILBOX, "b@example.org", message("b@example.org"))
+    [(mid, to, raw), _] = gmail.sent
+    assert (to, raw) == ("a@example.org", data)
+    assert reply.code == 200 and reply.provider_message_id == mid
+    assert reply2.provider_message_id not in (None, mid)
+    assert tokens.requests == {"refresh_token": 1}  # two transports, one token
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "kind"),
+    [
+        ("429", 429, RefusalKind.THROTTLED),
+        ("403-rate", 403, RefusalKind.THROTTLED),
+        ("500", 500, RefusalKind.TEMPORARY),
+        ("400", 400, RefusalKind.PERMANENT),
+    ],
+)
+def test_refusals_map_to_transport_neutral_outcomes(
+    servers: tuple[TokenServer, GmailFake], fault: str, code: int, kind: RefusalKind
+) -> None:
+    tokens, gmail = servers
+    gmail.fail("a@example.org", fault)
+    with pytest.raises(DeliveryRefused) as caught:
+        transport(tokens, gmail).send(MAILBOX, "a@example.org", message("a@example.org"))
+    assert (caught.value.code, caught.value.kind) == (code, kind)
+    assert not gmail.sent
+    assert str(caught.value).startswith("gmail me via 127.0.0.1:")
+
+
+def test_a_refused_token_is_replaced_once(servers: tuple[TokenServer, GmailFake]) -> None:
+    tokens, gmail = servers
+    sender = transport(tokens, gmail)
+    sender.open()
+    gmail.fail("a@example.org", "401")  # the token is invalidated before its expiry
+    reply = sender.send(MAILBOX, "a@example.org", message("a@example.org"))
+    assert reply.provider_message_id and gmail.copies() == {"a@example.org": 1}
+    assert tokens.requests == {"refresh_token": 2} and gmail.requests == 2
+
+    tokens.revoke()  # and now the refresh token is gone too
+    gmail.fail("b@example.org", "401")
+    with pytest.raises(AuthError, match="invalid_grant"):
+        sender.send(MAILBOX, "b@example.org", message("b@example.org"))
+
+
+def test_a_token_the_api_refuses_twice_is_an_auth_error(
+    servers: tuple[TokenServer, GmailFake],
+) -> None:
+    tokens, gmail = servers
+    with pytest.raises(AuthError) as caught:  # tokens of another account
+        transport(tokens, gmail, user_id="other@example.org").send(
+            MAILBOX, "a@example.org", message("a@example.org")
+        )
+    assert "401" in str(caught.value) and "gmail.send" in caught.value.hint
+    assert tokens.requests == {"refresh_token": 2}
+
+
+def test_no_answer_after_the_request_was_sent_is_unknown(
+    servers: tuple[TokenServer, GmailFake],
+) -> None:
+    tokens, gmail = servers
+    gmail.fail("a@example.org", "timeout")
+    with pytest.raises(ConnectionLost) as caught:
+        transport(tokens, gmail, timeout=0.3).send(
+            MAILBOX, "a@example.org", message("a@example.org")
+        )
+    assert caught.value.maybe_delivered  # Gmail has it: the row must become unknown
+    assert gmail.copies() == {"a@example.org": 1}
+
+
+def test_an_api_that_cannot_be_reached_is_a_connect_error(
+    servers: tuple[TokenServer, GmailFake],
+) -> None:
+    tokens, gmail = servers
+    provider = block(tokens, gmail).credentials.token_provider()
+    config = GmailConfig(oauth2=provider, base_url="http://127.0.0.1:9")
+    with pytest.raises(ConnectError):
+        GmailTransport(config).send(MAILBOX, "a@example.org", message("a@example.org"))
+
+
+def test_the_url_names_the_credentials_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = GoogleOAuth2(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token="r")
+    loaded: list[str] = []
+
+    def load(cls: type, name: str, **kw: object) -> GoogleOAuth2:
+        loaded.append(name)
+        return saved
+
+    monkeypatch.setattr(GoogleOAuth2, "load", classmethod(load))
+    config = setup_from_url("gmail://me?oauth2=newsletter&timeout=5")
+    assert (config.user_id, config.timeout, loaded) == ("me", 5.0, ["newsletter"])
+    assert config.oauth2 is saved.token_provider()
+    assert setup_from_url("gmail://?oauth2=x&user=news@example.org").user_id == "news@example.org"
+    assert config.where == "gmail me via gmail.googleapis.com"
+    for bad, why in [
+        ("gmail://me", "no credentials"),
+        ("gmail://me?oauth2=x&token=abc", "unknown option 'token'"),
+        ("gmail://me?oauth2=x&timeout=0", "timeout must be > 0"),
+        ("gmail://me/path?oauth2=x", "unexpected path"),
+    ]:
+        with pytest.raises(SpecError, match=why):
+            setup_from_url(bad)
