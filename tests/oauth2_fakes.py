@@ -55,6 +55,7 @@ class TokenServer:
         self.requests: Counter[str] = Counter()  # grant type → count
         self.refresh_tokens_used: list[str] = []
         self.refresh_tokens = {REFRESH_TOKEN}
+        self.every_token: list[str] = []  # every access and refresh token issued
         self._lock = threading.Lock()
         self._issued: dict[str, tuple[str | None, float]] = {}  # token → (user, expires)
         self._not_before = 0.0  # tokens issued before this were invalidated
@@ -96,16 +97,13 @@ class TokenServer:
         owner, expires = found
         return time.monotonic() < expires and (owner is None or owner == user)
 
-    def tokens_seen(self) -> list[str]:
-        with self._lock:
-            return list(self._issued)
-
     # -- the endpoint ------------------------------------------------------------------------
 
     def issue(self, owner: str | None) -> dict[str, Any]:
         token = "at-" + secrets.token_urlsafe(24)
         with self._lock:
             self._issued[token] = (owner, time.monotonic() + self.lifetime)
+            self.every_token.append(token)
         # expires_in is an integer in OAuth2 (RFC 6749 5.1); sub-second lifetimes round up
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime}
 
@@ -141,6 +139,7 @@ class TokenServer:
                 new = "rt-" + secrets.token_urlsafe(16)
                 with self._lock:
                     self.refresh_tokens.add(new)
+                    self.every_token.append(new)
                 body["refresh_token"] = new
                 body["scope"] = form.get("scope", "")
             return 200, body
