@@ -7,6 +7,7 @@ with nobody marked failed."""
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import threading
 from collections import Counter
@@ -203,9 +204,18 @@ def after(server: XOAuth2Server, messages: int, action: Any) -> threading.Thread
     return thread
 
 
+def assert_no_secret_logged(caplog: pytest.LogCaptureFixture, tokens: TokenServer) -> None:
+    logged = caplog.text + "\n".join(repr(r.args) for r in caplog.records)
+    assert "new access token" in logged  # the DEBUG lines were captured
+    for secret in (CLIENT_SECRET, REFRESH_TOKEN, *tokens.every_token):
+        for form in (secret, base64.b64encode(xoauth2(MAILBOX, secret).encode()).decode()):
+            assert form not in logged
+
+
 def test_tokens_expiring_and_invalidated_mid_run_lose_and_repeat_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     db = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     spec, run_id, ledger = _planned(tmp_path / "c", db, 300, rate_limit=120)
     with TokenServer(lifetime=2) as tokens, XOAuth2Server(tokens, per_connection=15) as server:
@@ -230,11 +240,13 @@ def test_tokens_expiring_and_invalidated_mid_run_lose_and_repeat_nothing(
     assert refused >= 1  # the invalidated token was refused, replaced, and the login went on
     assert tokens.requests["refresh_token"] >= 2  # renewed as they expired (a ~2.5 s run)
     assert logins >= 20  # reconnects every 15 messages: every one logged in again
+    assert_no_secret_logged(caplog, tokens)
 
 
 def test_a_revoked_refresh_token_stops_the_run_and_fails_nobody(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     db = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     spec, run_id, ledger = _planned(tmp_path / "c", db, 120, rate_limit=150)
     with TokenServer(lifetime=1, tls=tls) as tokens, XOAuth2Server(tokens) as server:
@@ -266,3 +278,4 @@ def test_a_revoked_refresh_token_stops_the_run_and_fails_nobody(
     line = str(caught.value)
     assert "\n" not in line and "invalid_grant" in line
     assert "resume" in caught.value.hint
+    assert_no_secret_logged(caplog, tokens)
