@@ -5,10 +5,12 @@ every documented answer mapped to its transport-neutral outcome."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mailcast.blocks import GmailApi, GoogleOAuth2
 
+from mailcast.engine.chunk import send_chunk
 from mailcast.errors import (
     AuthError,
     ConnectError,
@@ -18,9 +20,12 @@ from mailcast.errors import (
     SpecError,
 )
 from mailcast.transport import http_client, oauth2
+from mailcast.transport.factory import Target
 from mailcast.transport.gmail import GmailConfig, GmailTransport, setup_from_url
 from tests.gmail_fake import GmailFake
+from tests.ledger_rows import chunk_ranges
 from tests.oauth2_fakes import CLIENT_ID, CLIENT_SECRET, MAILBOX, REFRESH_TOKEN, TokenServer
+from tests.test_throughput_engine import _planned
 
 
 def message(to: str) -> bytes:
@@ -159,6 +164,8 @@ def test_the_url_names_the_credentials_block(monkeypatch: pytest.MonkeyPatch) ->
     assert config.oauth2 is saved.token_provider()
     assert setup_from_url("gmail://?oauth2=x&user=news@example.org").user_id == "news@example.org"
     assert config.where == "gmail me via gmail.googleapis.com"
+    chosen = Target(url="gmail://me?oauth2=newsletter")  # through the registry
+    assert chosen.kind.label == "Gmail API" and isinstance(chosen.setup(), GmailConfig)
     for bad, why in [
         ("gmail://me", "no credentials"),
         ("gmail://me?oauth2=x&token=abc", "unknown option 'token'"),
@@ -167,3 +174,45 @@ def test_the_url_names_the_credentials_block(monkeypatch: pytest.MonkeyPatch) ->
     ]:
         with pytest.raises(SpecError, match=why):
             setup_from_url(bad)
+
+
+def test_a_campaign_through_the_gmail_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: tuple[TokenServer, GmailFake]
+) -> None:
+    tokens, gmail = servers
+    gmail.stall = 3.0
+    db = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    spec, run_id, ledger = _planned(tmp_path / "c", db, 300, max_attempts=3)
+    faults = {
+        "person10@example.com": ["429"],
+        "person20@example.com": ["403-rate", "429"],
+        "person30@example.com": ["500", "500"],
+        "person40@example.com": ["400"],  # refused: failed
+        "person50@example.com": ["timeout"],  # Gmail has it, the answer never came: unknown
+        "person60@example.com": ["401"],  # the token is replaced, the message goes
+    }
+    for address, kinds in faults.items():
+        gmail.fail(address, *kinds)
+    saved = block(tokens, gmail, timeout=2.0)
+    monkeypatch.setattr(GmailApi, "load", classmethod(lambda cls, name, **kw: saved))
+    (bounds,) = chunk_ranges(ledger, run_id, 1000)
+
+    result = send_chunk(spec, run_id, bounds, db, Target(block="gmail/newsletter"), threads=4)
+
+    rows = {r["address"]: r for r in ledger.deliveries(run_id)}
+    assert {r["status"] for r in rows.values()} <= {"sent", "failed", "unknown"}  # all final
+    counts = ledger.counts(run_id)
+    assert (counts["sent"], counts["failed"], counts["unknown"]) == (298, 1, 1)
+    assert result.sent == 298
+    assert (
+        rows["person40@example.com"]["reason"]
+        == "rejected: 400 Invalid To header (invalidArgument)"
+    )
+    copies = gmail.copies()
+    assert len(copies) == 299 and set(copies.values()) == {1}  # each message once at Gmail
+    ids = gmail.ids()
+    for address, row in rows.items():
+        if row["status"] == "sent":
+            assert row["provider_message_id"] == ids[address]  # Gmail's id, stored
+    assert rows["person50@example.com"]["provider_message_id"] is None
+    assert tokens.requests["refresh_token"] == 2  # one token for 4 connections, one 401

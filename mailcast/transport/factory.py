@@ -72,6 +72,7 @@ KINDS: dict[str, TransportKind] = {
         TransportKind("sendgrid", "SendGrid", "sendgrid", "sendgrid:SendGridAccount"),
         TransportKind("mailgun", "Mailgun", "mailgun", "mailgun:MailgunAccount"),
         TransportKind("mailjet", "Mailjet", "mailjet", "mailjet:MailjetAccount"),
+        TransportKind("gmail", "Gmail API", "gmail", "gmail:GmailApi"),
     )
 }
 
