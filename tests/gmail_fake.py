@@ -11,17 +11,16 @@ Faults per recipient (the message's To: address), each used once, in order: ``42
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
 from collections import Counter, defaultdict
 from email import message_from_bytes
 from email.utils import getaddresses
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.oauth2_fakes import TokenServer
+from tests.oauth2_fakes import JsonHandler, LoopbackHttp, TokenServer
 
 _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "429": (429, "rateLimitExceeded", "RESOURCE_EXHAUSTED", "Too many concurrent requests"),
@@ -31,7 +30,7 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
 }
 
 
-class GmailFake:
+class GmailFake(LoopbackHttp):
     """The Gmail API's send method on 127.0.0.1. Use as a context manager."""
 
     def __init__(self, tokens: TokenServer, *, stall: float = 1.0) -> None:
@@ -41,12 +40,6 @@ class GmailFake:
         self.requests = 0
         self.faults: dict[str, list[str]] = defaultdict(list)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def fail(self, address: str, *faults: str) -> None:
         with self._lock:
@@ -85,18 +78,12 @@ class GmailFake:
             time.sleep(self.stall)
         return 200, {"id": mid, "threadId": mid, "labelIds": ["SENT"]}
 
-    def __enter__(self) -> GmailFake:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = self.body()
                 path, _, query = self.path.partition("?")
                 parts = path.split("/")
                 if (
@@ -105,29 +92,11 @@ class GmailFake:
                     and parts[6:] == ["messages", "send"]
                     and "uploadType=media" in query.split("&")
                 ):
-                    status, answer = fake.handle(parts[5], self.headers, body)
+                    self.reply(*fake.handle(parts[5], self.headers, body))
                 else:
-                    status, answer = 404, _error(404, "notFound", "NOT_FOUND", "Not Found")
-                data = json.dumps(answer).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json; charset=UTF-8")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (a timeout fault)
-                    self.close_connection = True
+                    self.reply(404, _error(404, "notFound", "NOT_FOUND", "Not Found"))
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        self._httpd = httpd
-        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
 
 def _recipient(raw: bytes) -> str:

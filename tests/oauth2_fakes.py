@@ -20,13 +20,17 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs
 
+import pytest
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from mailcast.blocks import GoogleOAuth2
 
 from mailcast.capture import CaptureHandler, CaptureServer, CaptureSMTP
+from mailcast.transport import http_client, oauth2
 
 CLIENT_ID = "mailcast-test-client"
 CLIENT_SECRET = "cs-Hq8v-TEST-client-secret-41"
@@ -37,7 +41,82 @@ MS_APP_SCOPE = "https://outlook.office365.com/.default"
 _ERROR_CHALLENGE = {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
 
 
-class TokenServer:
+@pytest.fixture
+def fresh_tokens() -> Iterator[None]:
+    """A test starts and ends without the process's shared token providers and HTTP client."""
+    oauth2.forget_shared()
+    http_client.reset_shared_client()
+    yield
+    oauth2.forget_shared()
+    http_client.reset_shared_client()
+
+
+def google_credentials(tokens: TokenServer) -> GoogleOAuth2:
+    """A Google OAuth2 block for the test client, with ``tokens`` as its token endpoint."""
+    return GoogleOAuth2(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=REFRESH_TOKEN,
+        token_uri=tokens.google_token_uri,
+    )
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, quiet, JSON answers (for the fakes' handlers)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def reply(self, status: int, answer: dict[str, Any]) -> None:
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up waiting
+            self.close_connection = True
+
+
+class LoopbackHttp:
+    """A threaded HTTP server on 127.0.0.1 (HTTPS with ``tls``), as a context manager;
+    subclasses give the handler class."""
+
+    tls: ssl.SSLContext | None = None
+    _httpd: ThreadingHTTPServer | None = None
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> Self:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        httpd.daemon_threads = True
+        if self.tls is not None:
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
+        self._httpd = httpd
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
+class TokenServer(LoopbackHttp):
     """An OAuth2 token endpoint on 127.0.0.1. Use as a context manager."""
 
     def __init__(
@@ -59,15 +138,8 @@ class TokenServer:
         self._lock = threading.Lock()
         self._issued: dict[str, tuple[str | None, float]] = {}  # token → (user, expires)
         self._not_before = 0.0  # tokens issued before this were invalidated
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- what the tests control and ask ------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     @property
     def google_token_uri(self) -> str:
@@ -153,53 +225,26 @@ class TokenServer:
             "token_endpoint": f"{base}/oauth2/v2.0/token",
         }
 
-    def __enter__(self) -> TokenServer:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 m = re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", self.path)
                 if m is None:
-                    self._reply(404, {"error": "not_found"})
+                    self.reply(404, {"error": "not_found"})
                 else:
-                    self._reply(200, server.openid_configuration(m.group(1)))
+                    self.reply(200, server.openid_configuration(m.group(1)))
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length).decode()
-                form = {k: v[0] for k, v in parse_qs(raw).items()}
+                form = {k: v[0] for k, v in parse_qs(self.body().decode()).items()}
                 path = self.path.split("?", 1)[0]
                 if path == "/token" or re.fullmatch(r"/[^/]+/oauth2/v2\.0/token", path):
-                    self._reply(*server.answer(path, form))
+                    self.reply(*server.answer(path, form))
                 else:
-                    self._reply(404, {"error": "not_found"})
+                    self.reply(404, {"error": "not_found"})
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        if self.tls is not None:
-            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
-        self._httpd = httpd
-        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
 
 def parse_xoauth2(blob: bytes) -> tuple[str, str] | None:

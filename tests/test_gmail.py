@@ -19,28 +19,27 @@ from mailcast.errors import (
     RefusalKind,
     SpecError,
 )
-from mailcast.transport import http_client, oauth2
 from mailcast.transport.factory import Target
 from mailcast.transport.gmail import GmailConfig, GmailTransport, setup_from_url
 from tests.gmail_fake import GmailFake
 from tests.ledger_rows import chunk_ranges
-from tests.oauth2_fakes import CLIENT_ID, CLIENT_SECRET, MAILBOX, REFRESH_TOKEN, TokenServer
+from tests.oauth2_fakes import (  # noqa: F401 (fresh_tokens: a fixture)
+    CLIENT_ID,
+    CLIENT_SECRET,
+    MAILBOX,
+    TokenServer,
+    fresh_tokens,
+    google_credentials,
+)
 from tests.test_throughput_engine import _planned
+
+pytestmark = pytest.mark.usefixtures("fresh_tokens")
 
 
 def message(to: str) -> bytes:
     return (
         f"From: {MAILBOX}\r\nTo: <{to}>\r\nSubject: hello\r\nMessage-ID: <m@x>\r\n\r\nHi\r\n"
     ).encode()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_tokens() -> Iterator[None]:
-    oauth2.forget_shared()
-    http_client.reset_shared_client()
-    yield
-    oauth2.forget_shared()
-    http_client.reset_shared_client()
 
 
 @pytest.fixture
@@ -50,12 +49,7 @@ def servers() -> Iterator[tuple[TokenServer, GmailFake]]:
 
 
 def block(tokens: TokenServer, gmail: GmailFake, **fields: object) -> GmailApi:
-    credentials = GoogleOAuth2(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        refresh_token=REFRESH_TOKEN,
-        token_uri=tokens.google_token_uri,
-    )
+    credentials = google_credentials(tokens)
     return GmailApi(credentials=credentials, base_url=gmail.url, **fields)  # type: ignore[arg-type]
 
 

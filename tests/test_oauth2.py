@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pydantic import SecretStr
 
 from mailcast.engine.chunk import send_chunk
 from mailcast.errors import AuthError, ConnectError
-from mailcast.transport import http_client, oauth2
+from mailcast.transport import oauth2
 from mailcast.transport.factory import Target
 from mailcast.transport.oauth2 import GoogleToken, MicrosoftToken, xoauth2
 from mailcast.transport.smtp import SmtpTransport
@@ -34,21 +33,14 @@ from tests.oauth2_fakes import (
     TENANT,
     TokenServer,
     XOAuth2Server,
+    fresh_tokens,  # noqa: F401 (a fixture)
+    google_credentials,
 )
 from tests.smtp_faults import self_signed_context
 from tests.test_throughput_engine import _planned
 
+pytestmark = pytest.mark.usefixtures("fresh_tokens")
 MESSAGE = b"From: news@contoso.example\r\nTo: you@example.org\r\nSubject: hi\r\n\r\nHello\r\n"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_tokens() -> Iterator[None]:
-    """Each test starts without the process's shared providers and HTTP client."""
-    oauth2.forget_shared()
-    http_client.reset_shared_client()
-    yield
-    oauth2.forget_shared()
-    http_client.reset_shared_client()
 
 
 @pytest.fixture
@@ -186,8 +178,13 @@ def test_the_block_gives_one_provider_per_process() -> None:
 # -- a campaign ------------------------------------------------------------------------------
 
 
-def _block_named(monkeypatch: pytest.MonkeyPatch, block: SmtpServer) -> Target:
-    """The run's SMTP block, as the worker loads it (without a Prefect server)."""
+def _block_named(
+    monkeypatch: pytest.MonkeyPatch, server: XOAuth2Server, creds: GoogleOAuth2 | MicrosoftOAuth2
+) -> Target:
+    """The run's SMTP block with these credentials, as the worker loads it (no Prefect)."""
+    block = SmtpServer(
+        host="127.0.0.1", port=server.port, security="none", username=MAILBOX, oauth2=creds
+    )
     monkeypatch.setattr(SmtpServer, "load", classmethod(lambda cls, name, **kw: block))
     return Target(smtp_block="oauth")
 
@@ -219,16 +216,7 @@ def test_tokens_expiring_and_invalidated_mid_run_lose_and_repeat_nothing(
     db = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     spec, run_id, ledger = _planned(tmp_path / "c", db, 300, rate_limit=120)
     with TokenServer(lifetime=2) as tokens, XOAuth2Server(tokens, per_connection=15) as server:
-        creds = GoogleOAuth2(
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            refresh_token=REFRESH_TOKEN,
-            token_uri=tokens.google_token_uri,
-        )
-        block = SmtpServer(
-            host="127.0.0.1", port=server.port, security="none", username=MAILBOX, oauth2=creds
-        )
-        target = _block_named(monkeypatch, block)
+        target = _block_named(monkeypatch, server, google_credentials(tokens))
         # mid-run, every token issued so far is invalidated (before it expires)
         server.invalidate_at_login = 8
         (bounds,) = chunk_ranges(ledger, run_id, 1000)
@@ -256,10 +244,7 @@ def test_a_revoked_refresh_token_stops_the_run_and_fails_nobody(
             refresh_token=REFRESH_TOKEN,
             authority_host=tokens.url,
         )
-        block = SmtpServer(
-            host="127.0.0.1", port=server.port, security="none", username=MAILBOX, oauth2=creds
-        )
-        target = _block_named(monkeypatch, block)
+        target = _block_named(monkeypatch, server, creds)
 
         def revoke() -> None:  # an admin revokes the user's sessions
             tokens.revoke()

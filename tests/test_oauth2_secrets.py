@@ -27,11 +27,15 @@ from tests.oauth2_fakes import (
     TENANT,
     TokenServer,
     XOAuth2Server,
+    fresh_tokens,  # noqa: F401 (a fixture)
 )
-from tests.test_oauth2 import _fresh_tokens, tls  # noqa: F401 (fixtures)
+from tests.test_oauth2 import tls  # noqa: F401 (a fixture)
 from tests.test_secrets import Everything, all_logs, ledger_dump, prefect_records  # noqa: F401
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]  # two flow runs
+pytestmark = [
+    pytest.mark.usefixtures("prefect_harness", "fresh_tokens"),
+    pytest.mark.slow,
+]  # two flow runs
 runner = CliRunner()
 
 
