@@ -30,11 +30,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import SecretStr
 
 from mailcast.errors import AuthError, ConnectError
-from mailcast.transport.http_client import shared_client
 
 __all__ = [
     "GOOGLE_TOKEN_URI",
@@ -202,6 +200,10 @@ class GoogleToken(TokenProvider):
         return [self._client_secret.get_secret_value(), self._refresh_token.get_secret_value()]
 
     def _fetch(self) -> tuple[str, float]:
+        import httpx  # imported when a token is needed: the CLI's other commands stay fast
+
+        from mailcast.transport.http_client import shared_client
+
         form = {
             "grant_type": "refresh_token",
             "client_id": self.client_id,
@@ -292,7 +294,10 @@ class MicrosoftToken(TokenProvider):
     def _application(self) -> Any:
         if self._app is not None:
             return self._app
+        import httpx
         import msal
+
+        from mailcast.transport.http_client import shared_client
 
         common: dict[str, Any] = {
             "authority": self.authority,
@@ -322,6 +327,8 @@ class MicrosoftToken(TokenProvider):
         return self._app
 
     def _fetch(self) -> tuple[str, float]:
+        import httpx
+
         app = self._application()
         try:
             if self._refresh_token is None:

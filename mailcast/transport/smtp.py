@@ -615,6 +615,8 @@ class SmtpTransport:
                 where=self.where,
                 hint=_AUTH_NEEDED_HINT
                 if not self.config.username
+                else self.config.oauth2.smtp_hint
+                if self.config.oauth2 is not None
                 else "check the username and the password (MAILCAST_SMTP_PASSWORD or the SMTP"
                 " block), and that this account may send as the sender; then `mailcast resume"
                 " RUN_ID` (no recipient was marked failed)",
