@@ -28,6 +28,7 @@ from mailcast.ledger.models import (
     BOUNCE,
     COMPLAINT,
     DEFERRAL,
+    DELIVERED,
     HARD_BOUNCE,
     SENT,
     SUPPRESSED_COMPLAINT,
@@ -51,6 +52,7 @@ _EVENT_KIND = {
     bounces.COMPLAINT: COMPLAINT,
     bounces.DEFERRAL: DEFERRAL,
     bounces.UNSUBSCRIBE: UNSUBSCRIBE,
+    bounces.DELIVERED: DELIVERED,
 }
 _SUPPRESS_AT_ONCE = {
     bounces.HARD: HARD_BOUNCE,
@@ -166,7 +168,7 @@ def record_reports(
     message key once in ``inbound_messages``; for a new one with a delivery, its event and the
     suppressions it calls for (at once, or after ``soft_bounce_limit`` soft bounces in a row).
     ``source`` names where the reports came from in events and suppressions (default: ``dsn``,
-    or ``mailto`` for an unsubscribe request); a ``delivered`` report gets no event."""
+    or ``mailto`` for an unsubscribe request); a ``delivered`` report is a ``delivered`` event."""
     now = utcnow()
     rows = []
     for r in reports:
@@ -207,7 +209,7 @@ def record_reports(
         summary.outcomes[r.outcome] += 1
         summary.runs.add(m.run_id)
         kind = _EVENT_KIND.get(r.outcome)
-        if kind is None:  # a delivery confirmation: kept in inbound_messages only
+        if kind is None:
             continue
         label = source or ("mailto" if r.outcome == bounces.UNSUBSCRIBE else "dsn")
         detail = {**r.detail(), "source": label}

@@ -81,10 +81,10 @@ FINAL_STATUSES = (SENT, FAILED, SKIPPED)
 STATUSES = tuple(DeliveryStatus)
 
 # What can happen to a message after it left (the `events` table's `kind`).
-BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL = (
-    "bounce", "open", "click", "unsubscribe", "complaint", "deferral",
+BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL, DELIVERED = (
+    "bounce", "open", "click", "unsubscribe", "complaint", "deferral", "delivered",
 )  # fmt: skip
-EVENT_KINDS = (BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL)
+EVENT_KINDS = (BOUNCE, OPEN, CLICK, UNSUBSCRIBE, COMPLAINT, DEFERRAL, DELIVERED)
 
 
 class Campaign(Base):
