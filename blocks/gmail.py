@@ -7,6 +7,7 @@ from mailcast.blocks.oauth2 import GoogleOAuth2
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from mailcast.transport.api_config import ApiEndpoint
 from mailcast.transport.gmail import GMAIL_API, GmailConfig
 
 
@@ -37,9 +38,8 @@ class GmailApi(Block):
     def to_config(self) -> GmailConfig:
         return GmailConfig(
             oauth2=self.credentials.token_provider(),
+            endpoint=ApiEndpoint("gmail", self.base_url, timeout=self.timeout),
             user_id=self.user_id,
-            base_url=self.base_url,
-            timeout=self.timeout,
         )
 
     def setup(self) -> GmailConfig:

@@ -30,7 +30,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 from mailcast.blocks import GoogleOAuth2
 
 from mailcast.capture import CaptureHandler, CaptureServer, CaptureSMTP
-from mailcast.transport import http_client, oauth2
+from mailcast.transport import http_api, oauth2
 
 CLIENT_ID = "mailcast-test-client"
 CLIENT_SECRET = "cs-Hq8v-TEST-client-secret-41"
@@ -45,10 +45,10 @@ _ERROR_CHALLENGE = {"status": "401", "schemes": "bearer", "scope": "https://mail
 def fresh_tokens() -> Iterator[None]:
     """A test starts and ends without the process's shared token providers and HTTP client."""
     oauth2.forget_shared()
-    http_client.reset_shared_client()
+    http_api.close_clients()
     yield
     oauth2.forget_shared()
-    http_client.reset_shared_client()
+    http_api.close_clients()
 
 
 def google_credentials(tokens: TokenServer) -> GoogleOAuth2:

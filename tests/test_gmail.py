@@ -19,6 +19,7 @@ from mailcast.errors import (
     RefusalKind,
     SpecError,
 )
+from mailcast.transport.api_config import ApiEndpoint
 from mailcast.transport.factory import Target
 from mailcast.transport.gmail import GmailConfig, GmailTransport, setup_from_url
 from tests.gmail_fake import GmailFake
@@ -91,7 +92,7 @@ def test_refusals_map_to_transport_neutral_outcomes(
         transport(tokens, gmail).send(MAILBOX, "a@example.org", message("a@example.org"))
     assert (caught.value.code, caught.value.kind) == (code, kind)
     assert not gmail.sent
-    assert str(caught.value).startswith("gmail me via 127.0.0.1:")
+    assert str(caught.value).startswith("gmail 127.0.0.1:")
 
 
 def test_a_refused_token_is_replaced_once(servers: tuple[TokenServer, GmailFake]) -> None:
@@ -139,7 +140,7 @@ def test_an_api_that_cannot_be_reached_is_a_connect_error(
 ) -> None:
     tokens, gmail = servers
     provider = block(tokens, gmail).credentials.token_provider()
-    config = GmailConfig(oauth2=provider, base_url="http://127.0.0.1:9")
+    config = GmailConfig(oauth2=provider, endpoint=ApiEndpoint("gmail", "http://127.0.0.1:9"))
     with pytest.raises(ConnectError):
         GmailTransport(config).send(MAILBOX, "a@example.org", message("a@example.org"))
 
@@ -154,10 +155,10 @@ def test_the_url_names_the_credentials_block(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(GoogleOAuth2, "load", classmethod(load))
     config = setup_from_url("gmail://me?oauth2=newsletter&timeout=5")
-    assert (config.user_id, config.timeout, loaded) == ("me", 5.0, ["newsletter"])
+    assert (config.user_id, config.endpoint.timeout, loaded) == ("me", 5.0, ["newsletter"])
     assert config.oauth2 is saved.token_provider()
     assert setup_from_url("gmail://?oauth2=x&user=news@example.org").user_id == "news@example.org"
-    assert config.where == "gmail me via gmail.googleapis.com"
+    assert config.where == "gmail gmail.googleapis.com"
     chosen = Target(url="gmail://me?oauth2=newsletter")  # through the registry
     assert chosen.kind.label == "Gmail API" and isinstance(chosen.setup(), GmailConfig)
     for bad, why in [
@@ -165,6 +166,7 @@ def test_the_url_names_the_credentials_block(monkeypatch: pytest.MonkeyPatch) ->
         ("gmail://me?oauth2=x&token=abc", "unknown option 'token'"),
         ("gmail://me?oauth2=x&timeout=0", "timeout must be > 0"),
         ("gmail://me/path?oauth2=x", "unexpected path"),
+        ("gmail://news:pw@me?oauth2=x", "no credentials in the gmail:// URL"),
     ]:
         with pytest.raises(SpecError, match=why):
             setup_from_url(bad)

@@ -202,7 +202,7 @@ class GoogleToken(TokenProvider):
     def _fetch(self) -> tuple[str, float]:
         import httpx  # imported when a token is needed: the CLI's other commands stay fast
 
-        from mailcast.transport.http_client import shared_client
+        from mailcast.transport.http_api import shared_client
 
         form = {
             "grant_type": "refresh_token",
@@ -211,7 +211,8 @@ class GoogleToken(TokenProvider):
             "refresh_token": self._refresh_token.get_secret_value(),
         }
         try:
-            response = shared_client().post(self.token_uri, data=form, timeout=self.timeout)
+            client = shared_client(self.timeout, True)
+            response = client.post(self.token_uri, data=form, timeout=self.timeout)
         except httpx.HTTPError as exc:
             raise self._unreachable(f"{type(exc).__name__}: {exc}") from None
         try:
@@ -297,11 +298,11 @@ class MicrosoftToken(TokenProvider):
         import httpx
         import msal
 
-        from mailcast.transport.http_client import shared_client
+        from mailcast.transport.http_api import shared_client
 
         common: dict[str, Any] = {
             "authority": self.authority,
-            "http_client": shared_client(),
+            "http_client": shared_client(self.timeout, True),
             "instance_discovery": False,  # the authority is Entra's own or one you run
             "timeout": self.timeout,
         }
