@@ -67,7 +67,7 @@ FULL = {
     "plan": 1_000_000,
     "plan_baseline": 20_000,
     "rate_window": 60,
-    "http": 20_000,
+    "http": 10_000,
 }
 QUICK = {
     "raw": 5_000,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -71,7 +72,13 @@ def decoded(value: str) -> str:
 
 
 def _addresses(values: list[str]) -> list[tuple[str, str]]:
-    return [(decoded(n), a) for n, a in getaddresses(values) if a]
+    return list(_parsed_addresses(tuple(values)))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_addresses(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(display name, address) pairs; cached: a campaign's From and Reply-To never change."""
+    return tuple((decoded(n), a) for n, a in getaddresses(list(values)) if a)
 
 
 def _head(data: bytes) -> tuple[Message, bytes]:
