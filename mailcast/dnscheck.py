@@ -29,7 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailcast import spf
+from mailcast.errors import SpecError
 from mailcast.spec import CampaignSpec
+
+SERVER = "MAILCAST_DNS_SERVER"
 
 # (name, SPF domain to include, transport URL schemes, SMTP host name suffixes)
 PROVIDERS = (
@@ -122,14 +125,24 @@ class Resolver:
         import dns.nameserver
         import dns.resolver
 
+        hint = "set MAILCAST_DNS_SERVER to HOST[:PORT] (an address), e.g. 9.9.9.9 or [::1]:53"
         if server:
+            try:
+                servers = parse_servers(server)
+                for host, _port in servers:
+                    ipaddress.ip_address(host)
+            except ValueError:
+                raise SpecError(
+                    f"{server!r} is not HOST[:PORT], comma-separated", where=SERVER, hint=hint
+                ) from None
             self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(host, port) for host, port in parse_servers(server)
-            ]
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
             self.where = server
         else:
-            self.resolver = dns.resolver.Resolver()
+            try:
+                self.resolver = dns.resolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                raise SpecError("the system has no DNS resolver", where=SERVER, hint=hint) from None
             self.where = "the system's resolver"
         self.resolver.lifetime = timeout
 

@@ -201,6 +201,15 @@ def test_an_unreachable_resolver_is_one_line_per_check(
     assert len(lines) == 3 and all("cannot look up" in x for x in lines), result.output
 
 
+def test_a_bad_resolver_setting_is_one_line(
+    campaign: CampaignSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILCAST_DNS_SERVER", "dns.example:5x")
+    result = validate(campaign)
+    assert result.exit_code == 2
+    assert "MAILCAST_DNS_SERVER: 'dns.example:5x' is not HOST[:PORT]" in result.output
+
+
 def test_organizational_domains() -> None:
     assert org_domain("news.mail.acme.example") == "acme.example"
     assert org_domain("a.b.acme.co.uk") == "acme.co.uk"
