@@ -5,9 +5,11 @@ from mailcast.blocks.mailgun import MailgunAccount
 from mailcast.blocks.mailjet import MailjetAccount
 from mailcast.blocks.oauth2 import GoogleOAuth2, MicrosoftOAuth2
 from mailcast.blocks.sendgrid import SendGridAccount
+from mailcast.blocks.ses import AmazonSes
 from mailcast.blocks.smtp import SmtpServer
 
 __all__ = [
+    "AmazonSes",
     "GmailApi",
     "GoogleOAuth2",
     "MailgunAccount",

@@ -69,6 +69,7 @@ KINDS: dict[str, TransportKind] = {
     kind.scheme: kind
     for kind in (
         TransportKind("smtp", "SMTP", "smtp", "smtp:SmtpServer", aliases=("smtps",)),
+        TransportKind("ses", "Amazon SES", "ses", "ses:AmazonSes"),
         TransportKind("sendgrid", "SendGrid", "sendgrid", "sendgrid:SendGridAccount"),
         TransportKind("mailgun", "Mailgun", "mailgun", "mailgun:MailgunAccount"),
         TransportKind("mailjet", "Mailjet", "mailjet", "mailjet:MailjetAccount"),
