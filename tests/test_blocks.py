@@ -6,7 +6,7 @@ import inspect
 
 import mailcast.blocks
 import pytest
-from mailcast.blocks import MailgunAccount, MailjetAccount, SendGridAccount, SmtpServer
+from mailcast.blocks import AmazonSes, MailgunAccount, MailjetAccount, SendGridAccount, SmtpServer
 from mailcast.blocks.api_account import ApiAccount
 from prefect.blocks.core import Block
 from pydantic import SecretStr, ValidationError
@@ -64,10 +64,11 @@ def test_block_register_finds_the_block() -> None:
     # `prefect block register -m mailcast.blocks` registers every Block class among the module's members
 
     found = [cls for _, cls in inspect.getmembers(mailcast.blocks) if Block.is_block_class(cls)]
-    assert {SmtpServer, SendGridAccount, MailgunAccount, MailjetAccount} <= set(found)
+    assert {SmtpServer, AmazonSes, SendGridAccount, MailgunAccount, MailjetAccount} <= set(found)
     assert ApiAccount not in found  # the API providers' base is no block type of its own
     # the OAuth2 credentials and the Gmail API
     assert {"GmailApi", "GoogleOAuth2", "MicrosoftOAuth2"} <= {cls.__name__ for cls in found}
+    assert all(cls.get_block_type_slug().startswith("mailcast-") for cls in found)
 
 
 def test_block_metadata_and_descriptions() -> None:

@@ -149,3 +149,23 @@ def test_url_form_and_checks_without_sending(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     assert check_target(Target(url="ses://eu-west-1")) == "SES eu-west-1"
     assert "env-secret" not in repr(SesSetup(region="x", secret_access_key=SecretStr("env-secret")))
+    assert Target(url="ses://eu-west-1").limit_key() == "ses:eu-west-1"
+
+
+def test_the_block_keeps_the_secret_key_secret() -> None:
+    from mailcast.blocks import AmazonSes
+
+    block = AmazonSes(
+        region="eu-west-1", access_key_id="AKIAB", secret_access_key=SecretStr("blk-secret"),
+        configuration_set="news",
+    )  # fmt: skip
+    setup = block.setup()
+    assert (setup.region, setup.access_key_id, setup.configuration_set) == (
+        "eu-west-1", "AKIAB", "news",
+    )  # fmt: skip
+    assert setup.secret_access_key is not None
+    assert setup.secret_access_key.get_secret_value() == "blk-secret"
+    for text in (repr(block), str(block), block.model_dump_json(), repr(setup), str(setup)):
+        assert "blk-secret" not in text
+    assert AmazonSes.get_block_type_slug() == "mailcast-amazon-ses"
+    assert all(f.description for f in AmazonSes.model_fields.values())

@@ -313,6 +313,7 @@ def retry(
 def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many runs")] = 20) -> None:
     """List runs, newest first."""
     from mailcast.ledger.models import DeliveryStatus
+    from mailcast.transport.factory import channel_of
 
     settings = settings_for(db)
     ledger = open_ledger(settings)
@@ -322,7 +323,7 @@ def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many run
     for r in ledger.runs(limit):
         c = ledger.counts(r.id)
         grid.add_row(
-            safe(r.id), safe(r.campaign), r.status, "dry" if r.dry_run else "smtp", str(r.recipients),
+            safe(r.id), safe(r.campaign), r.status, "dry" if r.dry_run else channel_of(r.transport), str(r.recipients),
             str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]), r.created_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
     # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from mailcast.ledger import reports
 from mailcast.ledger.models import CLICK, OPEN
+from mailcast.transport.factory import channel_of
 
 OPEN_COLOR, CLICK_COLOR = "#2563eb", "#ea580c"
 _BUCKETS = (
@@ -58,6 +59,7 @@ class RunReport:
     opens: list[datetime] = field(default_factory=list)
     clicks: list[datetime] = field(default_factory=list)
     generated: datetime = field(default_factory=lambda: datetime.now(UTC))
+    channel: str = "SMTP"  # how the messages left: SMTP, Amazon SES …
 
 
 def _utc(value: Any) -> datetime | None:
@@ -74,6 +76,7 @@ def load_report(engine: Engine, run_id: str) -> RunReport:
         summary = reports.summary_row(conn, run_id)
         assert summary is not None, run_id
         started = reports.first_sent(conn, run_id)
+        transport = reports.run_transport(conn, run_id)
         links = reports.link_clicks(conn, run_id)
         times: dict[str, list[datetime]] = {OPEN: [], CLICK: []}
         for kind, at in reports.event_times(conn, run_id, (OPEN, CLICK)):
@@ -90,6 +93,7 @@ def load_report(engine: Engine, run_id: str) -> RunReport:
         links=links,
         opens=times[OPEN],
         clicks=times[CLICK],
+        channel=channel_of(transport),
     )
 
 
@@ -318,7 +322,7 @@ def render_html(report: RunReport) -> str:
     else:
         links = '<p class="note">No tracked links in this run.</p>'
     started = report.started.strftime("%Y-%m-%d %H:%M UTC") if report.started else "not sent yet"
-    mode = "dry run (outbox)" if report.dry_run else "sent over SMTP"
+    mode = "dry run (outbox)" if report.dry_run else f"sent over {esc(report.channel)}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

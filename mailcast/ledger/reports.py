@@ -1,5 +1,5 @@
-"""The report's statements: a run's row of the ``campaign_summary`` view, its first send, its
-``link_clicks`` rows and the times of its opens and clicks."""
+"""The report's statements: a run's row of the ``campaign_summary`` view, its transport, its
+first send, its ``link_clicks`` rows and the times of its opens and clicks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, func, select, text
 
-from mailcast.ledger.models import Delivery, Event
+from mailcast.ledger.models import Delivery, Event, Run
 
 D = cast(Table, Delivery.__table__)
 E = cast(Table, Event.__table__)
+R = cast(Table, Run.__table__)
 
 _SUMMARY = text("SELECT * FROM campaign_summary WHERE run_id = :r")
 _LINK_CLICKS = text(
@@ -25,6 +26,11 @@ def summary_row(conn: Connection, run_id: str) -> dict[str, Any] | None:
     """The run's row of the ``campaign_summary`` view (counts and rates), None if absent."""
     row = conn.execute(_SUMMARY, {"r": run_id}).mappings().first()
     return dict(row) if row is not None else None
+
+
+def run_transport(conn: Connection, run_id: str) -> str | None:
+    """The run's record of where it sent (``runs.transport``)."""
+    return cast(str | None, conn.execute(select(R.c.transport).where(R.c.id == run_id)).scalar())
 
 
 def first_sent(conn: Connection, run_id: str) -> datetime | str | None:

@@ -173,11 +173,12 @@ class Target(BaseModel):
 
     def limit_key(self) -> str:
         """The name of the concurrency limit the run's connections share (one per server or
-        provider account): ``smtp:host:port``, ``smtp:BLOCK``, ``ses:SES eu-west-1`` …"""
+        provider account): ``smtp:host:port``, ``smtp:BLOCK``, ``ses:eu-west-1`` …"""
         if self.block:
             kind, name = _split_block(self.block)
             return f"{(kind or self.kind).scheme}:{name}"
-        return f"{self.kind.scheme}:{self.setup().where.lower()}"
+        scheme = self.kind.scheme
+        return f"{scheme}:{self.setup().where.lower().removeprefix(scheme + ' ')}"
 
     def record(self) -> str:
         """The run's record of where it sends (the ledger's ``runs.transport``): JSON, without

@@ -27,6 +27,7 @@ With a saved block (``blocks/ses.py``) the access key comes from the block.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -221,14 +222,15 @@ def _has_credentials(setup: SesSetup) -> bool:
         return False
 
 
-_clients: dict[SesSetup, Any] = {}
+_clients: dict[tuple[int, SesSetup], Any] = {}  # by process: a forked worker makes its own
 _clients_lock = threading.Lock()
 
 
 def client_for(setup: SesSetup) -> Any:
     """The process's boto3 SES v2 client for these settings (made once; thread-safe)."""
+    key = (os.getpid(), setup)
     with _clients_lock:
-        client = _clients.get(setup)
+        client = _clients.get(key)
         if client is None:
             from botocore.config import Config
 
@@ -241,7 +243,7 @@ def client_for(setup: SesSetup) -> Any:
                 user_agent_extra="mailcast",
             )
             client = _session(setup).client("sesv2", endpoint_url=setup.endpoint_url, config=config)
-            _clients[setup] = client
+            _clients[key] = client
         return client
 
 
