@@ -1,16 +1,19 @@
-"""An API provider's outcomes through the engine into the ledger, on SQLite and Postgres, with
-either crash window (``batch``: outcomes recorded with the next claim; ``message``: with the next
-hand-over, the libpq prepared-statement path on Postgres): the provider's message id on every
-accepted row, its refusals recorded with its code and text (never as an SMTP code), and
-``retry --failed`` reopening the temporary failures only."""
+"""An API provider's outcomes through the engine into the ledger, on SQLite and Postgres, in
+each crash window (``batch``: outcomes recorded with the next claim; ``ledger``: with the next
+hand-over, the libpq prepared-statement path on Postgres; ``journal``: the local journal, the
+outcomes with the next claim): the provider's message id on every accepted row, its refusals
+recorded with its code and text (never as an SMTP code), and ``retry --failed`` reopening the
+temporary failures only."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailcast.engine.control import RunControl
+from mailcast.engine.journal import new_token
 from mailcast.engine.loop import run_connection
 from mailcast.engine.summary import summarize_run
 from mailcast.errors import ConnectionLost, DeliveryRefused, RefusalKind
@@ -56,8 +59,10 @@ def _compose(claim: Claim) -> tuple[str, bytes]:
     return f"<{claim.id}@mailcast.test>", b"Subject: hi\r\n\r\nhello\r\n"
 
 
-@pytest.mark.parametrize("per_message", [False, True], ids=["batch", "message"])
-def test_provider_ids_and_refusals_are_recorded_alike(db_url: str, per_message: bool) -> None:
+@pytest.mark.parametrize("window", ["batch", "ledger", "journal"])
+def test_provider_ids_and_refusals_are_recorded_alike(
+    db_url: str, window: str, tmp_path: Path
+) -> None:
     ledger = Ledger(db_url)
     run_id = ledger.create_run("api", {"name": "api"}, dry_run=False, transport=None)
     addresses = [f"p{i}@example.com" for i in range(30)] + list(REFUSALS)
@@ -66,11 +71,13 @@ def test_provider_ids_and_refusals_are_recorded_alike(db_url: str, per_message: 
     )
     provider = FakeProvider()
     control = RunControl(retry_base=0.01, pause_after_failures=100)
+    token = new_token() if window == "journal" else "t1"
     run_connection(
         ledger, provider, _compose, "s@example.com", run_id, *EVERY_ID,
-        max_attempts=2, control=control, per_message=per_message, token="t1",
+        max_attempts=2, control=control, per_message=window == "ledger", token=token,
+        journal_dir=tmp_path / "journal" if window == "journal" else None,
     )  # fmt: skip
-    ledger.release("t1")
+    ledger.release(token)
     rows: dict[str, dict[str, Any]] = {r["address"]: r for r in ledger.deliveries(run_id)}
 
     for a in addresses[:30]:
