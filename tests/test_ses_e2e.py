@@ -42,7 +42,7 @@ def test_a_campaign_through_ses_with_faults(
     address = [r["email"] for r in rows]
     throttled, unavailable = address[10:30], address[40:50]
     rejected, lost = address[100:105], address[200:203]
-    with moto_ses() as moto, FaultProxy(upstream(moto), timeout_delay=2.5) as proxy:
+    with moto_ses() as moto, FaultProxy(upstream(moto), timeout_delay=6.0) as proxy:
         for a in throttled:
             proxy.fault(a, "throttle")
         for a in unavailable:
@@ -54,7 +54,7 @@ def test_a_campaign_through_ses_with_faults(
         name = f"ses-{uuid.uuid4().hex[:8]}"
         AmazonSes(
             region=REGION, access_key_id="AKIATEST", secret_access_key=SecretStr("test-secret"),
-            endpoint_url=proxy.url, timeout=1.0,
+            endpoint_url=proxy.url, timeout=3.0,
         ).save(name)  # fmt: skip
 
         summary = send_campaign(spec=spec, dry_run=False, transport_block=name)
