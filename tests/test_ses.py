@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -173,3 +174,31 @@ def test_the_block_keeps_the_secret_key_secret() -> None:
         assert "blk-secret" not in text
     assert AmazonSes.get_block_type_slug() == "mailcast-amazon-ses"
     assert all(f.description for f in AmazonSes.model_fields.values())
+
+
+def test_the_cli_sends_through_ses_chosen_by_url(
+    ses: tuple[str, FaultProxy], prefect_harness: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``mailcast send --transport ses://REGION?endpoint_url=…`` with the worker's AWS
+    credentials (the environment): each row sent once, SES's id on it, the run says so."""
+    from typer.testing import CliRunner
+
+    from mailcast.cli import app
+    from mailcast.ledger.store import Ledger
+    from tests.campaigns import people, write_campaign
+
+    moto, _ = ses
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    spec = write_campaign(tmp_path / "c", people(4), attachments=False, name="by-url")
+    db = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    url = f"ses://{REGION}?endpoint_url={moto}"
+    result = CliRunner().invoke(app, ["send", str(spec), "--send", "--transport", url, "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "sent over Amazon SES" in result.stdout and f"via: SES {REGION}" in result.stdout
+    [run] = Ledger(db).runs()
+    for row in Ledger(db).deliveries(run.id):
+        [stored] = sent_to(row["address"])
+        assert (row["status"], row["provider_message_id"]) == ("sent", stored.id)
+    assert "env-secret" not in (run.transport or "") + result.output
