@@ -240,7 +240,13 @@ class Stack:
         return log.read_text(errors="replace")
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        # A busy Prefect server answers 503 when its own database is locked; Prefect's client
+        # retries those, and so does this one.
+        for wait in (1, 2, 4, 8, 0):
+            response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            if response.status_code not in (502, 503) or not wait:
+                break
+            time.sleep(wait)
         response.raise_for_status()
         return response.json() if response.content else None
 
