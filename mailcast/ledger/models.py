@@ -248,3 +248,178 @@ class InboundMessage(Base):
     )
     detail: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- audiences: contacts, lists, memberships, consent, segments (migration 0008) ----------------
+
+
+class ContactStatus(StrEnum):
+    """A contact's status: ``blocklisted`` contacts are never planned, whatever their lists say."""
+
+    ENABLED = "enabled"
+    BLOCKLISTED = "blocklisted"
+
+
+class OptIn(StrEnum):
+    """How a list subscribes people: ``single`` (a member is confirmed at once) or ``double``
+    (a member stays unconfirmed until the link of a confirmation message is followed)."""
+
+    SINGLE = "single"
+    DOUBLE = "double"
+
+
+class MembershipStatus(StrEnum):
+    UNCONFIRMED = "unconfirmed"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class ConsentAction(StrEnum):
+    """What a consent record records (``consent_records.action``)."""
+
+    SUBSCRIBE = "subscribe"
+    CONFIRM = "confirm"
+    UNSUBSCRIBE = "unsubscribe"
+    BLOCKLIST = "blocklist"
+    UNBLOCKLIST = "unblocklist"
+    DELETE = "delete"
+    EXPORT = "export"
+    ERASE = "erase"
+
+
+class ConsentMethod(StrEnum):
+    """How a consent record's action came about (``consent_records.method``)."""
+
+    IMPORT = "import"
+    FORM = "form"
+    API = "api"
+    CLI = "cli"
+    ONE_CLICK = "one_click"
+    PREFERENCES = "preferences"
+    CONFIRMATION = "confirmation"
+
+
+def _check(column: str, values: type[StrEnum], name: str) -> CheckConstraint:
+    return CheckConstraint(
+        f"{column} IN (" + ", ".join(f"'{v.value}'" for v in values) + ")", name=name
+    )
+
+
+class Contact(Base):
+    """A person mailcast keeps: one row per address (case-insensitive), with custom attributes
+    (the fields a campaign's templates see)."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        UniqueConstraint("address_key", name="uq_contacts_address_key"),
+        _check("status", ContactStatus, "ck_contacts_status"),
+        Index("ix_contacts_attributes", "attributes", postgresql_using="gin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(320))  # as normalized by validation
+    address_key: Mapped[str] = mapped_column(String(320))  # lower-cased: the unique key
+    name: Mapped[str | None] = mapped_column(String(300))
+    attributes: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=ContactStatus.ENABLED)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MailingList(Base):
+    """A list people subscribe to (``lists``)."""
+
+    __tablename__ = "lists"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_lists_name"),
+        _check("optin", OptIn, "ck_lists_optin"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    optin: Mapped[str] = mapped_column(String(8), default=OptIn.SINGLE)
+    tags: Mapped[list[str]] = mapped_column(Json, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Membership(Base):
+    """A contact on a list, with its status on that list."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        _check("status", MembershipStatus, "ck_memberships_status"),
+        Index("ix_memberships_list_status", "list_id", "status"),
+    )
+
+    contact_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    list_id: Mapped[int] = mapped_column(
+        ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConsentRecord(Base):
+    """One subscription, confirmation, unsubscription, blocklisting, deletion, export or erasure:
+    when, how, from where, and the consent text shown. Kept when the contact is deleted or
+    erased (``contact_id`` then NULL; an erasure's record holds no address)."""
+
+    __tablename__ = "consent_records"
+    __table_args__ = (
+        _check("action", ConsentAction, "ck_consent_records_action"),
+        _check("method", ConsentMethod, "ck_consent_records_method"),
+        Index("ix_consent_records_contact", "contact_id"),
+        Index("ix_consent_records_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="SET NULL")
+    )
+    list_id: Mapped[int | None] = mapped_column(ForeignKey("lists.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(500))  # a file, a form's IP, "cli" …
+    consent_text: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Segment(Base):
+    """A saved filter over contacts (attributes, list membership, engagement), in mailcast's
+    segment expression language; compiled to SQL with bound parameters when used."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("name", name="uq_segments_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    expression: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ErasedContact(Base):
+    """An erased person, by the SHA-256 of their address key only: a later import reports them
+    instead of bringing them back silently."""
+
+    __tablename__ = "erased_contacts"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ContactSend(Base):
+    """A campaign key a contact has received (``once_per_contact``): planning skips them."""
+
+    __tablename__ = "contact_sends"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    address_key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
