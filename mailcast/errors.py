@@ -30,6 +30,11 @@
     │                             answered with .status by `mailcast serve`, never shown
     ├── DkimError                 the campaign's DKIM key cannot be read or cannot sign
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
+    ├── AudienceError             contacts and lists: an invalid address, a bad option (address,
+    │   │                         list name, option)
+    │   ├── AudienceNotFoundError no contact or no list by that address or name
+    │   └── AudienceConflictError it exists already, or the person may not be added (blocklisted,
+    │                             erased, unsubscribed)
     └── RunStopped                a run paused itself (too many consecutive failures); resume it
 
 Per-message outcomes (DeliveryRefused) never reach the user as tracebacks: the send step records
@@ -101,6 +106,23 @@ class LedgerUnavailable(LedgerError):
 
 class RunNotFoundError(LedgerError):
     default_hint = "`mailcast runs` lists the runs in this ledger"
+
+
+class AudienceError(MailcastError):
+    """Contacts and lists (``mailcast contacts``, ``mailcast lists``, the library API in
+    ``mailcast.recipients.contacts``): an invalid address, an unknown option."""
+
+    default_hint = "`mailcast contacts --help` and `mailcast lists --help` show the options"
+
+
+class AudienceNotFoundError(AudienceError):
+    default_hint = "`mailcast contacts search` and `mailcast lists show` list what exists"
+
+
+class AudienceConflictError(AudienceError):
+    """The contact or list exists already, or the person may not be (re)added that way."""
+
+    default_hint = "`mailcast contacts show ADDRESS` shows the contact and its lists"
 
 
 class TransportError(MailcastError):
