@@ -29,6 +29,10 @@
     │   └── WebhookRefused        a provider webhook post refused (forged, replayed, unsigned):
     │                             answered with .status by `mailcast serve`, never shown
     ├── DkimError                 the campaign's DKIM key cannot be read or cannot sign
+    ├── SegmentError              a segment expression does not parse (.column), names a list
+    │                             that does not exist, or no segment has that name
+    ├── RepeatError               the campaign was already sent to this audience (a completed
+    │                             real run): confirm (--again) or set `allow_repeats: true`
     ├── MailboxError              the bounce mailbox is not configured or cannot be read
     ├── AudienceError             contacts and lists: an invalid address, a bad option (address,
     │   │                         list name, option)
@@ -290,6 +294,33 @@ class MailboxError(MailcastError):
         "set the bounce mailbox: a Maildir path (MAILCAST_BOUNCE_MAILDIR or `maildir`) or"
         " imaps://user@host/FOLDER (MAILCAST_BOUNCE_IMAP_URL or `imap_url`) with"
         " MAILCAST_BOUNCE_IMAP_PASSWORD"
+    )
+
+
+class SegmentError(MailcastError):
+    """A segment expression that does not parse (``column``: 1-based, where it went wrong),
+    that names a list that does not exist, or a segment name that is unknown or taken."""
+
+    default_hint = "README: Segments (the expression language, with examples)"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message, where=where, hint=hint)
+        self.column = column
+
+
+class RepeatError(MailcastError):
+    """A campaign already sent (a completed real run) to the same recipients source."""
+
+    default_hint = (
+        "`mailcast send --again` sends it again; a deployment needs `allow_repeats: true` in"
+        " the campaign spec (or a `key` with `once_per_contact: true`)"
     )
 
 

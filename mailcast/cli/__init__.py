@@ -7,15 +7,18 @@ Every MailcastError becomes one line (``error: <where>: <what>``) and a hint, ex
 
 import sys
 
-from mailcast.cli import campaigns, db, demo, serve, suppress
+from mailcast.cli import campaigns, db, demo, segments, serve, suppress
 from mailcast.cli.common import app, err
 from mailcast.cli.flowrun import without_password
 from mailcast.errors import MailcastError
 
 app.add_typer(db.db_app, name="db")
 app.add_typer(suppress.suppress_app, name="suppress")
+app.add_typer(segments.segments_app, name="segments")
 
-__all__ = ["app", "campaigns", "db", "demo", "main", "serve", "suppress", "without_password"]
+__all__ = [
+    "app", "campaigns", "db", "demo", "main", "segments", "serve", "suppress", "without_password",
+]  # fmt: skip
 
 
 def main() -> None:
