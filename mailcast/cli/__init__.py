@@ -7,7 +7,7 @@ Every MailcastError becomes one line (``error: <where>: <what>``) and a hint, ex
 
 import sys
 
-from mailcast.cli import campaigns, db, demo, segments, serve, suppress
+from mailcast.cli import campaigns, contacts, db, demo, lists, segments, serve, suppress
 from mailcast.cli.common import app, err
 from mailcast.cli.flowrun import without_password
 from mailcast.errors import MailcastError
@@ -15,10 +15,22 @@ from mailcast.errors import MailcastError
 app.add_typer(db.db_app, name="db")
 app.add_typer(suppress.suppress_app, name="suppress")
 app.add_typer(segments.segments_app, name="segments")
+app.add_typer(contacts.contacts_app, name="contacts")
+app.add_typer(lists.lists_app, name="lists")
 
 __all__ = [
-    "app", "campaigns", "db", "demo", "main", "segments", "serve", "suppress", "without_password",
-]  # fmt: skip
+    "app",
+    "campaigns",
+    "contacts",
+    "db",
+    "demo",
+    "lists",
+    "main",
+    "segments",
+    "serve",
+    "suppress",
+    "without_password",
+]
 
 
 def main() -> None:

@@ -364,7 +364,13 @@ def deliveries_of(conn: Connection, address_key: str) -> list[RowMapping]:
                 D.c.created_at,
                 D.c.sent_at,
             )
-            .where(D.c.address_key == address_key)
+            .where(
+                or_(
+                    D.c.address_key == address_key,
+                    # skipped rows (a duplicate's other spelling) have no key
+                    D.c.address_key.is_(None) & (func.lower(func.trim(D.c.address)) == address_key),
+                )
+            )
             .order_by(D.c.id)
         )
         .mappings()
@@ -456,3 +462,7 @@ def contact_sends_of(conn: Connection, address_key: str) -> list[RowMapping]:
         .mappings()
         .all()
     )
+
+
+def drop_suppression(conn: Connection, address_key: str) -> None:
+    conn.execute(delete(S).where(S.c.address_key == address_key))

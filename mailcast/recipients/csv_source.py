@@ -7,13 +7,21 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterable, Iterator
+import itertools
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from mailcast.errors import SourceError, SpecError
 from mailcast.recipients.model import Recipient
-from mailcast.recipients.stream import RecipientStream, check_header, checked_fields
+from mailcast.recipients.stream import (
+    FIELD_LIMIT,
+    RecipientStream,
+    check_header,
+    checked_fields,
+)
 from mailcast.spec import RecipientSource
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -179,7 +187,9 @@ def read_csv(path: Path, source: RecipientSource) -> RecipientStream:
                 complete = len(sample) < SNIFF_BYTES
                 text_file.seek(0)
                 delimiter = _sniff_delimiter(sample, complete, source.email_column)
-            header, rows = _csv_rows(text_file, delimiter, source, where)
+            header, rows = _csv_rows(
+                text_file, delimiter, source, where, reopen=lambda: _reopen(path, encoding)
+            )
     except BaseException:
         text_file.close()
         raise
@@ -202,8 +212,55 @@ def _decoding(path: Path, encoding: str, declared: str | None) -> Iterator[None]
         raise SourceError(f"cannot decode as {encoding}: {exc}", where=str(path)) from None
 
 
+def _reopen(path: Path, encoding: str) -> TextIO:
+    return path.open("r", encoding=encoding, newline="", errors="replace")
+
+
+def _capped(lines: Iterable[str], chars: int) -> Iterator[str]:
+    """The lines until about ``chars`` characters were read (a field never closed does not
+    read the rest of a large file into memory)."""
+    for text in lines:
+        yield text
+        chars -= len(text)
+        if chars <= 0:
+            return
+
+
+def _long_field(
+    reopen: Callable[[], TextIO], delimiter: str, line: int, columns: Sequence[str]
+) -> str | None:
+    """Which column of the record starting at ``line`` is over the csv module's field limit
+    (read again with the limit lifted for that one record), as ``column 'note' holds N
+    characters``; None when it cannot be told."""
+
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(sys.maxsize)
+        with reopen() as fh:
+            reader = csv.reader(
+                _capped(itertools.islice(fh, line - 1, None), 64 * FIELD_LIMIT),
+                delimiter=delimiter,
+                quotechar='"',
+                skipinitialspace=True,
+            )
+            cells = next(reader, [])
+    except (OSError, csv.Error):
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    for i, cell in enumerate(cells):
+        if len(cell) > limit:
+            name = columns[i] if i < len(columns) else f"#{i + 1}"
+            return f"column {name!r} holds {len(cell):,} characters (at most {limit:,})"
+    return None
+
+
 def _csv_rows(
-    lines: Iterable[str], delimiter: str, source: RecipientSource, where: str
+    lines: Iterable[str],
+    delimiter: str,
+    source: RecipientSource,
+    where: str,
+    reopen: Callable[[], TextIO] | None = None,
 ) -> tuple[list[str], Iterator[Recipient]]:
     """Read and check the header now; the rows as they are iterated."""
     reader = csv.reader(lines, delimiter=delimiter, quotechar='"', skipinitialspace=True)
@@ -216,6 +273,13 @@ def _csv_rows(
         hint = None
         if "field limit" in str(exc):
             hint = 'a quote (") opened on this line is probably never closed'
+            field = _long_field(reopen, delimiter, line, header or []) if reopen else None
+            if field is not None:
+                return SourceError(
+                    f"line {line}: cannot parse: {exc}: {field}",
+                    where=f"{where}:{line}",
+                    hint='shorten that field, or close the quote (") it opens',
+                )
         return SourceError(f"line {line}: cannot parse: {exc}", where=f"{where}:{line}", hint=hint)
 
     try:

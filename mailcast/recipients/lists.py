@@ -234,6 +234,7 @@ def _cell(value: Any) -> str:
 
 
 def export_to_path(target: Any, name: str, path: Path, **options: Any) -> int:
+    get_list(target, name)  # no file for a list that does not exist
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as fh:
         return export_members(target, name, fh, **options)
