@@ -78,6 +78,46 @@ class Settings(BaseSettings):
         default=None, description="Name of a Prefect Secret block holding the tracking secret"
     )
 
+    # the public subscription forms of `mailcast serve` (/s/LIST, /s/LIST/confirm/TOKEN, /p/TOKEN)
+    public_url: str | None = Field(
+        default=None,
+        description="The public base URL of `mailcast serve` (e.g. https://t.acme.example): the"
+        " links of confirmation messages (double opt-in) point there",
+    )
+    subscribe_sender: str | None = Field(
+        default=None,
+        description='From of the confirmation messages, e.g. "Acme News <news@acme.example>"'
+        " (needed by double opt-in lists)",
+    )
+    subscribe_consent_text: str = Field(
+        default="Yes, send me email from {list}. I can unsubscribe at any time with the link in"
+        " each message.",
+        max_length=2000,
+        description="The consent text shown on a list's form ({list}: the list's name); it is"
+        " kept in each consent record",
+    )
+    subscribe_challenge_bits: int = Field(
+        default=16,
+        ge=0,
+        le=28,
+        description="The form's proof-of-work difficulty: leading zero bits of sha256 (each bit"
+        " doubles the work; 16: ~65,000 hashes, well under a second in a browser)",
+    )
+    subscribe_challenge_seconds: int = Field(
+        default=1800, ge=30, description="Seconds a form's challenge stays valid"
+    )
+    subscribe_rate_per_minute: float = Field(
+        default=6.0,
+        ge=0,
+        description="Form posts a minute per client IP address (0: no limit), after a burst",
+    )
+    subscribe_burst: int = Field(
+        default=5, ge=1, description="Form posts a client IP address may make at once"
+    )
+    subscribe_confirm_days: float = Field(
+        default=7.0, gt=0, description="Days a confirmation link (double opt-in) stays valid"
+    )
+
     # provider event webhooks on `mailcast serve` (/hooks/ses, /hooks/sendgrid, /hooks/mailgun,
     # /hooks/mailjet): a provider with nothing configured has no endpoint (404)
     ses_topic_arns: Annotated[list[str], NoDecode] = Field(

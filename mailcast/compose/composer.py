@@ -128,7 +128,10 @@ class Composer:
         tracker = self.tracker
         message_id = message_id_for(self.run_id, delivery_id, self.domain)
         recipient = Recipient(row, address, dict(fields))
-        extra = {"message_id": message_id, **tracker.context(delivery_id)}  # unsubscribe_url
+        extra = {
+            "message_id": message_id,
+            **tracker.context(delivery_id),
+        }  # unsubscribe_url, preferences_url
         rendered, head = tracker.apply(delivery_id, self.templates.render(recipient, extra))
         data = self.builder.build(
             rendered, envelope_address(address), message_id, row=row, extra_head=head

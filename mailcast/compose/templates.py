@@ -15,6 +15,7 @@ is also reachable as ``recipient["First Name"]``):
 ``recipient``        a dict of every field of the row
 ``campaign``         the campaign's name
 ``unsubscribe_url``  given by the send step (may be "")
+``preferences_url``  the recipient's preference page (lists to stay on or leave; may be "")
 ``message_id``       the message's Message-ID (may be "")
 
 The HTML body is autoescaped; the subject, text body and headers are not (they are not HTML).
@@ -68,6 +69,7 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "recipient",
     "campaign",
     "unsubscribe_url",
+    "preferences_url",
     "message_id",
 )
 
@@ -660,6 +662,7 @@ class CampaignTemplates:
         ctx["recipient"] = fields
         ctx["campaign"] = self._campaign
         ctx["unsubscribe_url"] = ""
+        ctx["preferences_url"] = ""
         ctx["message_id"] = ""
         if extra:
             ctx.update(extra)
@@ -676,7 +679,8 @@ class CampaignTemplates:
     def render(self, recipient: Recipient, extra: Mapping[str, str] | None = None) -> Rendered:
         """Render one recipient's subject, bodies, templated headers and display name.
 
-        ``extra`` supplies ``unsubscribe_url`` and ``message_id`` (both default to "").
+        ``extra`` supplies ``unsubscribe_url``, ``preferences_url`` and ``message_id`` (they
+        default to "").
         The subject, header values and display name are stripped of surrounding whitespace.
         """
         ctx = self.context(recipient, extra)

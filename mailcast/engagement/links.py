@@ -5,7 +5,7 @@ and the VERP return path.
 The send step calls a :class:`Tracker` per message (through the ``Composer``, ``mailcast/compose/composer.py``)::
 
     tracker = Tracker.for_run(spec, run_id, ledger.engine)   # inert when tracking is off
-    extra = {"message_id": message_id, **tracker.context(delivery_id)}  # unsubscribe_url
+    extra = {"message_id": message_id, **tracker.context(delivery_id)}  # unsubscribe_url …
     rendered = templates.render(recipient, extra)
     rendered, head = tracker.apply(delivery_id, rendered)    # tracked links, pixel, headers
     data = head + builder.build(rendered, ...)
@@ -237,6 +237,9 @@ class Tracker:
     def unsubscribe_url(self, delivery_id: int) -> str:
         return f"{self.base_url}/u/{tokens.make(self.secret, tokens.UNSUBSCRIBE, delivery_id)}"
 
+    def preferences_url(self, delivery_id: int) -> str:
+        return f"{self.base_url}/p/{tokens.make(self.secret, tokens.PREFERENCES, delivery_id)}"
+
     def pixel_url(self, delivery_id: int) -> str:
         return f"{self.base_url}/o/{tokens.make(self.secret, tokens.OPEN, delivery_id)}.gif"
 
@@ -246,10 +249,14 @@ class Tracker:
     # -- per message ------------------------------------------------------------------------------
 
     def context(self, delivery_id: int) -> dict[str, str]:
-        """Template variables: ``unsubscribe_url`` (when there is a tracking service)."""
+        """Template variables: ``unsubscribe_url`` and ``preferences_url`` (the page where the
+        recipient chooses the lists to stay on), when there is a tracking service."""
         if not self.base_url:
             return {}
-        return {"unsubscribe_url": self.unsubscribe_url(delivery_id)}
+        return {
+            "unsubscribe_url": self.unsubscribe_url(delivery_id),
+            "preferences_url": self.preferences_url(delivery_id),
+        }
 
     def _link_ids(self, links: list[tuple[str, int]]) -> dict[str, int]:
         if self._ids_of is not None:

@@ -1,7 +1,7 @@
 """Opaque, signed tracking tokens.
 
 A token names one delivery (``deliveries.id``), what it is for (open, click, unsubscribe, the
-VERP return path of a bounce) and, for a click, the link (``links.id``). It holds no address.
+VERP return path of a bounce, the preference page) and, for a click, the link (``links.id``). It holds no address.
 Layout before encoding::
 
     version (1 byte) | kind (1 byte) | delivery id (8 bytes) | link id (8 bytes, clicks only)
@@ -30,7 +30,8 @@ from mailcast.settings import get_settings
 
 VERSION = 1
 OPEN, CLICK, UNSUBSCRIBE, BOUNCE = "open", "click", "unsubscribe", "bounce"
-_KIND_BYTES = {OPEN: b"o", CLICK: b"c", UNSUBSCRIBE: b"u", BOUNCE: b"b"}
+PREFERENCES = "preferences"  # the preference page (/p/TOKEN) of the delivery's address
+_KIND_BYTES = {OPEN: b"o", CLICK: b"c", UNSUBSCRIBE: b"u", BOUNCE: b"b", PREFERENCES: b"p"}
 _KINDS = {v[0]: k for k, v in _KIND_BYTES.items()}
 _DOMAIN = b"mailcast-tracking\x00"
 MAC_BYTES = 16
@@ -125,6 +126,56 @@ def verify(secret: bytes, token: str, kind: str | None = None) -> Token | None:
     return Token(found, delivery_id, link_id)
 
 
+# -- confirmation tokens (double opt-in) ---------------------------------------------------------
+#
+# A confirmation link names a contact and a list and expires; there is no delivery yet when it is
+# made. Layout before encoding, signed under its own domain (a tracking token never passes as one):
+#
+#     version (1 byte) | contact id (8 bytes) | list id (4 bytes) | expires, Unix seconds (8 bytes)
+#     | HMAC-SHA256(secret, "mailcast-confirm" | the bytes before)[:16]
+
+_CONFIRM_DOMAIN = b"mailcast-confirm\x00"
+_CONFIRM_BODY = 1 + 8 + 4 + 8
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    contact_id: int
+    list_id: int
+    expires: int  # Unix seconds
+
+
+def make_confirmation(secret: bytes, contact_id: int, list_id: int, expires: int) -> str:
+    """The token of a confirmation link: ``contact_id`` joins ``list_id``; valid until
+    ``expires`` (Unix seconds)."""
+    body = struct.pack(">BQIQ", VERSION, contact_id, list_id, expires)
+    mac = hmac.new(secret, _CONFIRM_DOMAIN + body, hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.b32encode(body + mac).decode("ascii").rstrip("=").lower()
+
+
+def verify_confirmation(secret: bytes, token: str, now: float) -> Confirmation | None:
+    """The confirmation a genuine, unexpired token names; else None."""
+    if not token or len(token) > 80 or not token.isascii():
+        return None
+    text = token.upper()
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != _CONFIRM_BODY + MAC_BYTES:
+        return None
+    body, mac = raw[:_CONFIRM_BODY], raw[_CONFIRM_BODY:]
+    expected = hmac.new(secret, _CONFIRM_DOMAIN + body, hashlib.sha256).digest()[:MAC_BYTES]
+    if not hmac.compare_digest(mac, expected):
+        return None
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != text:
+        return None
+    version, contact_id, list_id, expires = struct.unpack(">BQIQ", body)
+    if version != VERSION or expires < now:
+        return None
+    return Confirmation(contact_id, list_id, expires)
+
+
 def verp_address(secret: bytes, delivery_id: int, domain: str) -> str:
     """The VERP return path ``bounces+TOKEN@domain`` of a delivery."""
     return f"bounces+{make(secret, BOUNCE, delivery_id)}@{domain}"
@@ -134,11 +185,15 @@ __all__ = [
     "BOUNCE",
     "CLICK",
     "OPEN",
+    "PREFERENCES",
     "UNSUBSCRIBE",
+    "Confirmation",
     "Token",
     "TrackingError",
     "load_secret",
     "make",
+    "make_confirmation",
     "verify",
+    "verify_confirmation",
     "verp_address",
 ]

@@ -9,6 +9,10 @@
 * ``GET /u/{token}`` → a plain confirmation page with a button (a link scanner's GET never
   unsubscribes); ``POST /u/{token}`` → unsubscribes at once (RFC 8058 one-click: mailbox
   providers POST ``List-Unsubscribe=One-Click``): an ``unsubscribe`` event and a suppression.
+* ``GET/POST /s/{list}``, ``GET /s/{list}/confirm/{token}``, ``GET/POST /p/{token}``: the
+  subscription forms, double opt-in confirmation and the preference page
+  (:mod:`mailcast.web.subscribe`). A one-click unsubscribe from a campaign sent to a list leaves
+  that list only (a consent record); other campaigns' unsubscribes suppress the address.
 * ``GET /healthz`` → ``ok`` (for a reverse proxy's or an orchestrator's health check).
 * ``POST /hooks/ses``, ``/hooks/sendgrid``, ``/hooks/mailgun``, ``/hooks/mailjet``: the API
   providers' event webhooks (:mod:`mailcast.web.hooks`).
@@ -27,13 +31,14 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailcast.engagement import record, tokens
 from mailcast.ledger import events
 from mailcast.ledger.models import CLICK, OPEN
 from mailcast.web import hooks
+from mailcast.web.pages import NO_CACHE, mask, not_found, page
 
 log = logging.getLogger("mailcast.engagement")
 
@@ -41,48 +46,6 @@ PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
-NO_CACHE = {
-    "Cache-Control": "no-store, no-cache, must-revalidate, private, max-age=0",
-    "Pragma": "no-cache",
-    "Expires": "0",
-}
-PAGE_HEADERS = {
-    **NO_CACHE,
-    "X-Robots-Tag": "noindex, nofollow",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-}
-
-
-def _not_found() -> Response:
-    return PlainTextResponse("not found", status_code=404, headers=NO_CACHE)
-
-
-def mask(address: str) -> str:
-    """``j…@example.com``: enough for a person to recognize their address, no more."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return "…"
-    return f"{local[:1]}…@{domain}"
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    doc = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex, nofollow">
-<title>{html.escape(title)}</title>
-<style>
-body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 32rem; margin: 4rem auto; padding: 0 1rem;
-  color: #222; }}
-button {{ font: inherit; padding: .6rem 1.4rem; border: 0; border-radius: .3rem;
-  background: #b3261e; color: #fff; cursor: pointer; }}
-</style></head>
-<body><h1>{html.escape(title)}</h1>
-{body}
-</body></html>
-"""
-    return HTMLResponse(doc, status_code=status, headers=PAGE_HEADERS)
 
 
 def _client(request: Request) -> dict[str, Any]:
@@ -114,7 +77,7 @@ class TrackingService:
     async def pixel(self, request: Request) -> Response:
         token = tokens.verify(self.secret, request.path_params["token"], tokens.OPEN)
         if token is None:
-            return _not_found()
+            return not_found()
         task = None
         if request.method == "GET":  # a HEAD is no open
             task = BackgroundTask(self._record, token.delivery_id, OPEN, _client(request))
@@ -123,7 +86,7 @@ class TrackingService:
     async def click(self, request: Request) -> Response:
         token = tokens.verify(self.secret, request.path_params["token"], tokens.CLICK)
         if token is None or token.link_id is None:
-            return _not_found()
+            return not_found()
         try:
             target = await run_in_threadpool(
                 events.link_target, self.engine, token.delivery_id, token.link_id
@@ -136,7 +99,7 @@ class TrackingService:
                 headers={**NO_CACHE, "Retry-After": "30"},
             )
         if target is None:
-            return _not_found()
+            return not_found()
         url, _run_id, position = target
         detail = {"link_id": token.link_id, "url": url[:2000], "position": position}
         detail.update(_client(request))
@@ -149,7 +112,7 @@ class TrackingService:
         raw = request.path_params["token"]
         token = tokens.verify(self.secret, raw, tokens.UNSUBSCRIBE)
         if token is None:
-            return _not_found()
+            return not_found()
         try:
             info = await run_in_threadpool(events.delivery, self.engine, token.delivery_id)
         except Exception:
@@ -157,7 +120,7 @@ class TrackingService:
             info = None
         else:
             if info is None:
-                return _not_found()
+                return not_found()
         who = html.escape(mask(info.address)) if info else "this address"
         what = f" from <b>{html.escape(info.campaign)}</b>" if info else ""
         body = f"""<p>Stop sending email to <b>{who}</b>{what}?</p>
@@ -166,12 +129,12 @@ class TrackingService:
 <input type="hidden" name="source" value="page">
 <button type="submit">Unsubscribe</button>
 </form>"""
-        return _page("Unsubscribe", body)
+        return page("Unsubscribe", body)
 
     async def unsubscribe(self, request: Request) -> Response:
         token = tokens.verify(self.secret, request.path_params["token"], tokens.UNSUBSCRIBE)
         if token is None:
-            return _not_found()
+            return not_found()
         source = "one-click"
         try:
             form = await request.form()
@@ -180,22 +143,35 @@ class TrackingService:
         except Exception:  # not a form body: still a one-click unsubscribe
             pass
         try:
-            info = await run_in_threadpool(
-                record.unsubscribe, self.engine, token.delivery_id, source
+            done = await run_in_threadpool(
+                record.unsubscribe_from, self.engine, token.delivery_id, source
             )
         except Exception:
             log.exception("cannot unsubscribe delivery %s", token.delivery_id)
-            return _page(
+            return page(
                 "Please try again",
                 "<p>We could not record your request just now. Please try again in a minute.</p>",
                 status=503,
             )
-        if info is None:
-            return _not_found()
+        if done is None:
+            return not_found()
+        who = html.escape(mask(done.info.address))
+        if done.list_name is not None:
+            log.info(
+                "delivery %s unsubscribed from list %s (%s)",
+                token.delivery_id,
+                done.list_name,
+                source,
+            )
+            return page(
+                "You are unsubscribed",
+                f"<p><b>{who}</b> will get no more email from the list"
+                f" <b>{html.escape(done.list_name)}</b>.</p>",
+            )
         log.info("delivery %s unsubscribed (%s)", token.delivery_id, source)
-        return _page(
+        return page(
             "You are unsubscribed",
-            f"<p><b>{html.escape(mask(info.address))}</b> will get no more email from us.</p>",
+            f"<p><b>{who}</b> will get no more email from us.</p>",
         )
 
     async def health(self, request: Request) -> Response:
@@ -208,17 +184,22 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
     (TrackingError, LedgerError) when either is missing or the ledger is not at the head
     revision."""
     from mailcast.settings import get_settings
+    from mailcast.web.subscribe import SubscribeService
 
+    settings = get_settings()
     key = tokens.load_secret(secret)
-    service = TrackingService(database_url or get_settings().ledger_url(), key)
+    service = TrackingService(database_url or settings.ledger_url(), key)
+    forms = SubscribeService(service.ledger, key, settings)
     routes = [
         Route("/o/{token}.gif", service.pixel, methods=["GET", "HEAD"]),
         Route("/c/{token}", service.click, methods=["GET", "HEAD"]),
         Route("/u/{token}", service.unsubscribe_page, methods=["GET", "HEAD"]),
         Route("/u/{token}", service.unsubscribe, methods=["POST"]),
         Route("/healthz", service.health, methods=["GET", "HEAD"]),
+        *forms.routes(),
         *hooks.routes(service.engine),
     ]
     app = Starlette(routes=routes)
     app.state.service = service
+    app.state.forms = forms
     return app
