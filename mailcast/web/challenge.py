@@ -64,8 +64,8 @@ def issue(secret: bytes, form: str, bits: int, ttl: float, *, now: float | None 
 def parse(secret: bytes, form: str, text: str) -> Challenge | None:
     """The challenge when it is genuine and issued for ``form``; else None (forged, altered,
     truncated, for another form, another secret). Expiry is not checked here."""
-    if not text or len(text) > 80 or not text.isascii():
-        return None
+    if not text or len(text) > 80 or not text.isascii() or text != text.lower():
+        return None  # one spelling only: the lower-case one issued
     upper = text.upper()
     try:
         raw = base64.b32decode(upper + "=" * (-len(upper) % 8))
@@ -76,7 +76,7 @@ def parse(secret: bytes, form: str, text: str) -> Challenge | None:
     body, mac = raw[:_BODY], raw[_BODY:]
     if not hmac.compare_digest(mac, _mac(secret, form, body)):
         return None
-    if base64.b32encode(raw).decode("ascii").rstrip("=") != upper:  # one spelling only
+    if base64.b32encode(raw).decode("ascii").rstrip("=") != upper:
         return None
     version, bits, expires = struct.unpack(">BBQ", body[:10])
     if version != VERSION or bits > MAX_BITS:
