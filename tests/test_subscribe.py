@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 with warnings.catch_warnings():  # "install httpx2": the test client works with httpx as it is
     warnings.simplefilter("ignore")
@@ -29,10 +29,12 @@ with warnings.catch_warnings():  # "install httpx2": the test client works with 
 from mailcast.capture import CaptureServer
 from mailcast.engagement import tokens
 from mailcast.engagement.links import Tracker
+from mailcast.errors import AudienceNotFoundError
+from mailcast.ledger import audiences
 from mailcast.ledger import subscriptions as db
-from mailcast.ledger.models import Event, MailingList, Suppression
+from mailcast.ledger.models import Event, Suppression
 from mailcast.ledger.store import Ledger
-from mailcast.recipients import Recipient
+from mailcast.recipients import Recipient, contacts, lists
 from mailcast.web import challenge
 from mailcast.web.ratelimit import RateLimiter
 
@@ -206,14 +208,28 @@ def test_the_rate_limit_keeps_memory_bounded_and_can_be_off() -> None:
 
 
 def make_list(url: str, name: str, optin: str = "single", description: str | None = None) -> int:
-    with Ledger(url).engine.begin() as conn:
-        return int(
-            conn.execute(
-                insert(MailingList.__table__)
-                .values(name=name, description=description, optin=optin, tags=[])
-                .returning(MailingList.__table__.c.id)
-            ).scalar_one()
-        )
+    return lists.create_list(url, name, optin=optin, description=description).id
+
+
+def status_of(url: str, address: str, list_name: str) -> str | None:
+    try:
+        return contacts.get_contact(url, address).lists.get(list_name)
+    except AudienceNotFoundError:
+        return None
+
+
+def _exists(url: str, address: str) -> bool:
+    try:
+        contacts.get_contact(url, address)
+    except AudienceNotFoundError:
+        return False
+    return True
+
+
+def consent(url: str, address: str) -> list[dict[str, Any]]:
+    contact = contacts.get_contact(url, address)
+    with Ledger(url).engine.connect() as conn:
+        return [dict(r) for r in audiences.consent_records_of(conn, contact.id)]
 
 
 @pytest.fixture
@@ -293,16 +309,13 @@ def test_single_opt_in_confirms_at_once_with_a_consent_record(
     r = post(client, name, email=address, name="Ann")
     assert r.status_code == 200 and "You are subscribed" in r.text
     assert address not in r.text and "A…@example.com" in r.text  # never in full
-    engine = Ledger(ledger_url).engine
-    contact = db.contact_by_key(engine, address.lower())
-    assert contact is not None and contact.name == "Ann"
+    contact = contacts.get_contact(ledger_url, address)
+    assert contact.name == "Ann" and contact.lists == {name: "confirmed"}
     assert contact.address == address.split("@")[0] + "@example.com"  # validated, normalized
-    assert [(m.list_id, m.status) for m in db.memberships(engine, contact.id)] == [
-        (list_id, "confirmed")
-    ]
-    (record,) = db.consent_records(engine, contact.id)
+    assert list_id == lists.get_list(ledger_url, name).id
+    (record,) = consent(ledger_url, address)
     assert record["action"] == "subscribe" and record["method"] == "form"
-    assert record["list_id"] == list_id and record["source"] == "testclient"  # the client IP
+    assert record["list"] == name and record["source"] == "testclient"  # the client IP
     assert record["consent_text"] == f"Yes, send me email from {name}. I can unsubscribe at any time with the link in each message."  # fmt: skip
 
 
@@ -310,7 +323,6 @@ def test_bots_are_refused_and_nothing_is_recorded(client: TestClient, ledger_url
     name = f"news-{uid()}"
     make_list(ledger_url, name)
     address = f"bot-{uid()}@example.com"
-    engine = Ledger(ledger_url).engine
     # the honeypot filled in
     r = post(client, name, email=address, website="https://spam.example")
     assert r.status_code == 400 and "Refused" in r.text
@@ -328,19 +340,19 @@ def test_bots_are_refused_and_nothing_is_recorded(client: TestClient, ledger_url
     assert (
         client.post(f"/s/{name}", data={**base, "challenge": easy, "pow": "0"}).status_code == 400
     )
-    assert db.contact_by_key(engine, address) is None
+    assert not _exists(ledger_url, address)
     # the one good post goes through; its challenge cannot be used again
     assert client.post(f"/s/{name}", data={**base, **fields}).status_code == 200
     other = f"bot2-{uid()}@example.com"
     r = client.post(f"/s/{name}", data={**base, **fields, "email": other})
-    assert r.status_code == 400 and db.contact_by_key(engine, other) is None
+    assert r.status_code == 400 and not _exists(ledger_url, other)
     old = challenge.issue(KEY, name, BITS, 60, now=time.time() - 600)
     r = client.post(
         f"/s/{name}",
         data={**base, "email": other, "challenge": old, "pow": challenge.solve(old, BITS)},
     )
     assert r.status_code == 400 and "The form expired" in r.text  # shown again, to resubmit
-    assert db.contact_by_key(engine, other) is None
+    assert not _exists(ledger_url, other)
     # not a form at all
     r = client.post(f"/s/{name}", content=b'{"email": "x@example.com"}')
     assert r.status_code == 400
@@ -367,7 +379,7 @@ def test_what_a_person_typed_is_escaped_when_the_form_comes_back(
     address = f"c-{uid()}@example.com"
     r = post(client, name, email=address, consent="")
     assert r.status_code == 400 and "Please tick the box" in r.text
-    assert db.contact_by_key(Ledger(ledger_url).engine, address) is None
+    assert not _exists(ledger_url, address)
 
 
 def test_posts_are_rate_limited_per_address(
@@ -385,7 +397,7 @@ def test_posts_are_rate_limited_per_address(
         address = f"c-{uid()}@example.com"
         r = post(client, name, email=address)
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-        assert db.contact_by_key(Ledger(ledger_url).engine, address) is None
+        assert not _exists(ledger_url, address)
         # the form itself is still served
         assert client.get(f"/s/{name}").status_code == 200
 
@@ -408,9 +420,8 @@ def test_double_opt_in_sends_a_confirmation_through_the_run_machinery(
             r = post(client, name, email=address)
             assert r.status_code == 200 and "Check your inbox" in r.text
             (captured,) = smtp.wait_for(1, timeout=20)
-            contact = db.contact_by_key(ledger.engine, address)
-            assert contact is not None
-            assert db.membership_status(ledger.engine, contact.id, list_id) == "unconfirmed"
+            contact = contacts.get_contact(ledger_url, address)
+            assert contact.lists == {name: "unconfirmed"}
             msg = email.message_from_bytes(captured.data, policy=email.policy.default)
             assert list(captured.rcpt_tos) == [address]
             assert msg["Subject"] == f"Please confirm your subscription to {name}"
@@ -433,22 +444,22 @@ def test_double_opt_in_sends_a_confirmation_through_the_run_machinery(
             expired = tokens.make_confirmation(KEY, contact.id, list_id, int(time.time()) - 1)
             r = client.get(f"/s/{name}/confirm/{expired}")
             assert r.status_code == 404 and "has expired" in r.text
-            assert db.membership_status(ledger.engine, contact.id, list_id) == "unconfirmed"
+            assert status_of(ledger_url, address, name) == "unconfirmed"
             # the link confirms, once
             r = client.get(link.group(1))
             assert r.status_code == 200 and "Subscription confirmed" in r.text
             assert client.get(link.group(1)).status_code == 200
-            assert db.membership_status(ledger.engine, contact.id, list_id) == "confirmed"
-            records = db.consent_records(ledger.engine, contact.id)
-            assert [(c["action"], c["method"]) for c in records] == [
-                ("subscribe", "form"),
-                ("confirm", "confirmation"),
+            assert status_of(ledger_url, address, name) == "confirmed"
+            records = consent(ledger_url, address)
+            assert [(c["action"], c["method"], c["list"]) for c in records] == [
+                ("subscribe", "form", name),
+                ("confirm", "confirmation", name),
             ]
             # subscribing again when confirmed: no second message, still confirmed
             assert post(client, name, email=address).status_code == 200
             time.sleep(0.5)
             assert len(smtp.messages) == 1
-            assert db.membership_status(ledger.engine, contact.id, list_id) == "confirmed"
+            assert status_of(ledger_url, address, name) == "confirmed"
 
 
 def test_a_confirmation_that_cannot_be_sent_ends_failed(
@@ -480,7 +491,7 @@ def test_double_opt_in_without_its_settings_is_refused_before_anything_is_record
     address = f"d-{uid()}@example.com"
     r = post(client, name, email=address)
     assert r.status_code == 503
-    assert db.contact_by_key(Ledger(ledger_url).engine, address) is None
+    assert not _exists(ledger_url, address)
 
 
 # -- list campaigns: the preference page and one-click unsubscribe --------------------------------
@@ -498,16 +509,9 @@ def list_delivery(url: str, list_name: str | None, address: str) -> int:
     return int(delivery_id)
 
 
-def subscribed(url: str, address: str, *list_ids: int) -> int:
-    engine = Ledger(url).engine
-    change = None
-    for list_id in list_ids:
-        change = db.subscribe(
-            engine, list_id, address, address.lower(), None, confirmed=True, method="cli",
-            source="test", consent_text=None,
-        )  # fmt: skip
-    assert change is not None
-    return change.contact_id
+def subscribed(url: str, address: str, *list_names: str) -> None:
+    for name in list_names:
+        contacts.subscribe(url, address, name, method="cli", source="test")
 
 
 def test_the_preference_page_lists_the_lists_to_stay_on_or_leave(
@@ -516,7 +520,7 @@ def test_the_preference_page_lists_the_lists_to_stay_on_or_leave(
     a, b = f"news-{uid()}", f"offers <{uid()}>"
     a_id, b_id = make_list(ledger_url, a), make_list(ledger_url, b, description="<i>deals</i>")
     address = f"pat-{uid()}@example.com"
-    contact_id = subscribed(ledger_url, address, a_id, b_id)
+    subscribed(ledger_url, address, a, b)
     delivery = list_delivery(ledger_url, a, address)
     token = tokens.make(KEY, tokens.PREFERENCES, delivery)
     r = client.get(f"/p/{token}")
@@ -528,11 +532,9 @@ def test_the_preference_page_lists_the_lists_to_stay_on_or_leave(
     # leave b, stay on a
     r = client.post(f"/p/{token}", data={"sent": "1", "stay": str(a_id)})
     assert r.status_code == 200 and "You left <b>offers &lt;" in r.text
-    engine = Ledger(ledger_url).engine
-    assert db.membership_status(engine, contact_id, a_id) == "confirmed"
-    assert db.membership_status(engine, contact_id, b_id) == "unsubscribed"
-    (record,) = [c for c in db.consent_records(engine, contact_id) if c["action"] == "unsubscribe"]
-    assert record["method"] == "preferences" and record["list_id"] == b_id
+    assert contacts.get_contact(ledger_url, address).lists == {a: "confirmed", b: "unsubscribed"}
+    (record,) = [c for c in consent(ledger_url, address) if c["action"] == "unsubscribe"]
+    assert record["method"] == "preferences" and record["list"] == b
     # a tampered or other-kind token names nothing
     assert client.get(f"/p/{tokens.make(KEY, tokens.UNSUBSCRIBE, delivery)}").status_code == 404
     assert client.get(f"/p/{token[:-1]}").status_code == 404
@@ -546,17 +548,16 @@ def test_one_click_unsubscribe_of_a_list_campaign_leaves_that_list_only(
     client: TestClient, ledger_url: str
 ) -> None:
     a, b = f"news-{uid()}", f"offers-{uid()}"
-    a_id, b_id = make_list(ledger_url, a), make_list(ledger_url, b)
+    make_list(ledger_url, a), make_list(ledger_url, b)
     address = f"lee-{uid()}@example.com"
-    contact_id = subscribed(ledger_url, address, a_id, b_id)
+    subscribed(ledger_url, address, a, b)
     delivery = list_delivery(ledger_url, a, address)
     token = tokens.make(KEY, tokens.UNSUBSCRIBE, delivery)
     r = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
     assert r.status_code == 200 and f"no more email from the list <b>{a}</b>" in r.text
     engine = Ledger(ledger_url).engine
-    assert db.membership_status(engine, contact_id, a_id) == "unsubscribed"
-    assert db.membership_status(engine, contact_id, b_id) == "confirmed"
-    (record,) = [c for c in db.consent_records(engine, contact_id) if c["action"] == "unsubscribe"]
+    assert contacts.get_contact(ledger_url, address).lists == {a: "unsubscribed", b: "confirmed"}
+    (record,) = [c for c in consent(ledger_url, address) if c["action"] == "unsubscribe"]
     assert record["method"] == "one_click" and record["source"] == "one-click"
     with engine.connect() as conn:
         suppressed = conn.execute(
@@ -570,7 +571,7 @@ def test_one_click_unsubscribe_of_a_list_campaign_leaves_that_list_only(
     assert suppressed == 0 and events == 1
     # a file campaign's one-click still suppresses the address for every campaign
     other = f"fay-{uid()}@example.com"
-    subscribed(ledger_url, other, b_id)
+    subscribed(ledger_url, other, b)
     file_delivery = list_delivery(ledger_url, None, other)
     r = client.post(f"/u/{tokens.make(KEY, tokens.UNSUBSCRIBE, file_delivery)}")
     assert r.status_code == 200 and "no more email from us" in r.text

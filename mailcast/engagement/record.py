@@ -7,7 +7,7 @@ here for the modules that record through this one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailcast.ledger.events import (
     DeliveryInfo,
@@ -55,35 +55,74 @@ def unsubscribe_from(engine: Engine, delivery_id: int, source: str) -> Unsubscri
     mailto unsubscribe): an ``unsubscribe`` event (once per delivery), then
 
     * for a campaign sent to a list (the run's spec ``recipients: {list: NAME}``), the contact
-      leaves that list only: membership ``unsubscribed`` and a consent record (method
-      ``one_click``, source ``source``); their other lists are unchanged;
-    * otherwise (a file or SQL campaign, or the list or the contact is gone), the address goes
-      on the suppression list, as it always did.
+      leaves that list only (membership ``unsubscribed``, a consent record with method
+      ``one_click`` and ``source``); their other lists are unchanged;
+    * for a campaign sent to a segment (``recipients: {segment: NAME}``), the contact leaves
+      the lists the segment names that they are on;
+    * otherwise (a file or SQL campaign, or the list, the segment or the contact is gone), the
+      address goes on the suppression list, as it always did.
 
     None when there is no such delivery."""
-    from mailcast.ledger import subscriptions
-    from mailcast.ledger.models import ConsentMethod
-
     info = delivery(engine, delivery_id)
     if info is None:
         return None
-    audience = subscriptions.delivery_audience(engine, delivery_id)
-    list_name = audience[1].get("list") if audience is not None else None
-    if isinstance(list_name, str) and list_name and info.address_key:
-        lst = subscriptions.find_list(engine, list_name)
-        contact = subscriptions.contact_by_key(engine, info.address_key)
-        if lst is not None and contact is not None:
-            change = subscriptions.unsubscribe(
-                engine, contact.id, lst.id, method=ConsentMethod.ONE_CLICK, source=source
-            )
-            if change is not None:
-                _event(engine, info, {"source": source, "list": lst.name})
-                return Unsubscribed(info, lst.name)
+    left = _leave_lists(engine, info, source)
+    if left:
+        _event(engine, info, {"source": source, "lists": left})
+        return Unsubscribed(info, ", ".join(left))
     unsubscribe(engine, delivery_id, source)
     return Unsubscribed(info)
 
 
-def _event(engine: Engine, info: DeliveryInfo, detail: dict[str, str]) -> None:
+def _leave_lists(engine: Engine, info: DeliveryInfo, source: str) -> list[str]:
+    """The lists of a list or segment campaign's recipient that they leave (the lists they
+    are on); [] when the campaign was not sent to a list or a segment, or nothing is left."""
+    import contextlib
+
+    from mailcast.errors import AudienceNotFoundError, MailcastError
+    from mailcast.ledger import subscriptions
+    from mailcast.ledger.models import ConsentMethod, MembershipStatus
+    from mailcast.recipients import contacts
+
+    audience = subscriptions.delivery_audience(engine, info.id)
+    if audience is None or not info.address_key:
+        return []
+    recipients = audience[1]
+    names: list[str] = []
+    one_list = isinstance(recipients.get("list"), str)
+    if one_list:
+        names = [recipients["list"]]
+    elif isinstance(recipients.get("segment"), str):
+        with contextlib.suppress(MailcastError):
+            from mailcast.recipients import segments
+
+            saved = segments.show(engine, recipients["segment"])
+            names = [
+                name for name, _column in segments.list_names(segments.parse(saved.expression))
+            ]
+    if not names:
+        return []
+    try:
+        contact = contacts.get_contact(engine, info.address_key)
+    except MailcastError:
+        return []
+    left = []
+    for name in dict.fromkeys(names):
+        status = contact.lists.get(name)
+        if status is None and not one_list:  # a segment's list they are not on
+            continue
+        if status != MembershipStatus.UNSUBSCRIBED:
+            try:
+                contacts.unsubscribe(
+                    engine, info.address_key, name, method=ConsentMethod.ONE_CLICK, source=source
+                )
+            except AudienceNotFoundError:  # the list is gone
+                continue
+        left.append(name)  # already gone from it: the answer is the same
+    return left
+
+
+def _event(engine: Engine, info: DeliveryInfo, detail: dict[str, Any]) -> None:
     with engine.begin() as conn:
         if not has_event(conn, info.id, UNSUBSCRIBE):
             record_events(

@@ -1,29 +1,27 @@
-"""The public forms' statements (``mailcast serve``: /s/LIST, its confirmation link, /p/TOKEN,
-and the one-click unsubscribe of a list campaign): a list by name, a contact's lists, and the
-membership changes with their consent records. Each change and its consent record are written
-in one transaction, on SQLite and Postgres."""
+"""What the public forms of ``mailcast serve`` read (/s/LIST, its confirmation link, /p/TOKEN,
+the one-click unsubscribe of a list campaign) beside the contacts API
+(:mod:`mailcast.recipients.contacts`, whose statements are in ``audiences.py`` and which writes
+every membership change with its consent record): a list by name or id without its member
+counts, a contact by id, a contact's lists with their descriptions, what a delivery was sent to,
+and closing the row of a confirmation message the send engine left open."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, update
+from sqlalchemy import Engine, Table, select, update
 
-from mailcast.ledger.events import insert_ignoring_duplicates
 from mailcast.ledger.models import (
     FAILED,
     PENDING,
     SENDING,
     UNKNOWN,
-    ConsentAction,
     ConsentRecord,
     Contact,
-    ContactStatus,
     Delivery,
     MailingList,
     Membership,
-    MembershipStatus,
     Run,
     Suppression,
     utcnow,
@@ -61,16 +59,6 @@ class MembershipInfo:
     list_name: str
     description: str | None
     status: str
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a subscription, confirmation or unsubscription did: the contact, the membership's
-    status before (None: there was none) and after."""
-
-    contact_id: int
-    before: str | None
-    after: str | None
 
 
 def _list_row(row: Any) -> ListInfo | None:
@@ -119,147 +107,6 @@ def memberships(engine: Engine, contact_id: int) -> list[MembershipInfo]:
         return [MembershipInfo(*row) for row in conn.execute(query).all()]
 
 
-def membership_status(engine: Engine, contact_id: int, list_id: int) -> str | None:
-    query = select(ME.c.status).where(ME.c.contact_id == contact_id, ME.c.list_id == list_id)
-    with engine.connect() as conn:
-        return cast(str | None, conn.execute(query).scalar())
-
-
-def _record(
-    conn: Connection,
-    contact_id: int,
-    list_id: int,
-    action: ConsentAction,
-    method: str,
-    source: str | None,
-    consent_text: str | None,
-) -> None:
-    conn.execute(
-        insert(CR).values(
-            contact_id=contact_id,
-            list_id=list_id,
-            action=action,
-            method=method,
-            source=(source or None) and source[:500],
-            consent_text=consent_text,
-            at=utcnow(),
-        )
-    )
-
-
-def _status(conn: Connection, contact_id: int, list_id: int) -> str | None:
-    query = select(ME.c.status).where(ME.c.contact_id == contact_id, ME.c.list_id == list_id)
-    return cast(str | None, conn.execute(query.with_for_update()).scalar())
-
-
-def _set_status(conn: Connection, contact_id: int, list_id: int, status: str) -> None:
-    conn.execute(
-        update(ME)
-        .where(ME.c.contact_id == contact_id, ME.c.list_id == list_id)
-        .values(status=status, updated_at=utcnow())
-    )
-
-
-def subscribe(
-    engine: Engine,
-    list_id: int,
-    address: str,
-    address_key: str,
-    name: str | None,
-    *,
-    confirmed: bool,
-    method: str,
-    source: str | None,
-    consent_text: str | None,
-) -> Change | None:
-    """Subscribe an address (validated, normalized; ``address_key`` lower-cased) to a list: the
-    contact is created when new (its name set when it had none); the membership becomes
-    ``confirmed`` (or ``unconfirmed`` when not ``confirmed``), a confirmed member stays
-    confirmed. A ``subscribe`` consent record either way. None when the contact is
-    blocklisted (nothing changes)."""
-    now = utcnow()
-    with engine.begin() as conn:
-        conn.execute(
-            insert_ignoring_duplicates(conn, CO, ("address_key",)),
-            [
-                {
-                    "address": address,
-                    "address_key": address_key,
-                    "name": name or None,
-                    "attributes": {},
-                    "status": ContactStatus.ENABLED,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            ],
-        )
-        row = conn.execute(
-            select(CO.c.id, CO.c.name, CO.c.status).where(CO.c.address_key == address_key)
-        ).one()
-        if row.status == ContactStatus.BLOCKLISTED:
-            return None
-        contact_id = int(row.id)
-        if name and not row.name:
-            conn.execute(update(CO).where(CO.c.id == contact_id).values(name=name, updated_at=now))
-        wanted = MembershipStatus.CONFIRMED if confirmed else MembershipStatus.UNCONFIRMED
-        made = conn.execute(
-            insert_ignoring_duplicates(conn, ME, ("contact_id", "list_id"))
-            .values(
-                contact_id=contact_id, list_id=list_id, status=wanted, created_at=now,
-                updated_at=now,
-            )
-            .returning(ME.c.contact_id)
-        ).all()  # fmt: skip
-        before = None if made else _status(conn, contact_id, list_id)
-        after: str = wanted
-        if before == MembershipStatus.CONFIRMED:
-            after = MembershipStatus.CONFIRMED
-        elif before is not None:
-            _set_status(conn, contact_id, list_id, after)
-        _record(conn, contact_id, list_id, ConsentAction.SUBSCRIBE, method, source, consent_text)
-    return Change(contact_id, before, after)
-
-
-def confirm(
-    engine: Engine, contact_id: int, list_id: int, *, method: str, source: str | None
-) -> Change | None:
-    """An unconfirmed membership becomes confirmed (a ``confirm`` consent record). A confirmed
-    one is left as it is, and so is one that was unsubscribed since (an old link never
-    resubscribes anyone): no record. None when there is no such membership."""
-    with engine.begin() as conn:
-        before = _status(conn, contact_id, list_id)
-        if before is None:
-            return None
-        if before != MembershipStatus.UNCONFIRMED:
-            return Change(contact_id, before, before)
-        _set_status(conn, contact_id, list_id, MembershipStatus.CONFIRMED)
-        _record(conn, contact_id, list_id, ConsentAction.CONFIRM, method, source, None)
-    return Change(contact_id, before, MembershipStatus.CONFIRMED)
-
-
-def unsubscribe(
-    engine: Engine, contact_id: int, list_id: int, *, method: str, source: str | None
-) -> Change | None:
-    """The membership becomes ``unsubscribed`` (an ``unsubscribe`` consent record, once: an
-    unsubscribed member is left as is). None when there is no such membership."""
-    with engine.begin() as conn:
-        before = _status(conn, contact_id, list_id)
-        if before is None:
-            return None
-        if before == MembershipStatus.UNSUBSCRIBED:
-            return Change(contact_id, before, before)
-        _set_status(conn, contact_id, list_id, MembershipStatus.UNSUBSCRIBED)
-        _record(conn, contact_id, list_id, ConsentAction.UNSUBSCRIBE, method, source, None)
-    return Change(contact_id, before, MembershipStatus.UNSUBSCRIBED)
-
-
-def consent_records(engine: Engine, contact_id: int) -> list[dict[str, Any]]:
-    """A contact's consent records, oldest first."""
-    query = select(CR).where(CR.c.contact_id == contact_id).order_by(CR.c.at, CR.c.id)
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(query).mappings().all()]
-
-
 def delivery_audience(engine: Engine, delivery_id: int) -> tuple[str | None, dict[str, Any]] | None:
     """(address key, the run's ``recipients`` spec) of a delivery; None when there is none."""
     query = select(D.c.address_key, D.c.address, R.c.spec).join(R, R.c.id == D.c.run_id)
@@ -300,9 +147,3 @@ def fail_open_rows(engine: Engine, run_id: str, reason: str) -> int:
             .values(status=UNKNOWN, reason="in flight when the send stopped", updated_at=now)
         ).rowcount
     return (failed or 0) + (unknown or 0)
-
-
-def members_count(engine: Engine, list_id: int, status: str) -> int:
-    query = select(func.count()).where(ME.c.list_id == list_id, ME.c.status == status)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())

@@ -24,6 +24,7 @@ import html
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -34,10 +35,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailcast.engagement import tokens
-from mailcast.errors import MailcastError
+from mailcast.errors import (
+    AudienceConflictError,
+    AudienceNotFoundError,
+    MailcastError,
+)
 from mailcast.ledger import subscriptions as db
 from mailcast.ledger.models import ConsentMethod, MembershipStatus, OptIn
-from mailcast.recipients import Recipient
+from mailcast.recipients import Recipient, contacts
+from mailcast.recipients.validate import RowChecker
 from mailcast.settings import Settings
 from mailcast.web import challenge
 from mailcast.web.pages import mask, not_found, page
@@ -239,12 +245,11 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
         if field("consent", 10) != "yes":
             return self._form(lst, posted, "Please tick the box to give your consent.")
         row = Recipient(0, posted.email, {})
-        from mailcast.recipients.validate import RowChecker
-
-        RowChecker(["email"])(row)
+        RowChecker(["email"])(row)  # the same validation as campaigns'
         if row.reason is not None or row.key is None:
             why_not = row.reason or "invalid address"
             return self._form(lst, posted, f"This address cannot be used: {why_not}")
+        address, key = row.address, row.key
         double = lst.optin == OptIn.DOUBLE
         setup = None
         if double:
@@ -254,29 +259,18 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
                 log.error("list %s is double opt-in but %s", lst.name, exc.one_line())
                 return self._unavailable()
         try:
-            change = await run_in_threadpool(
-                db.subscribe,
-                self.engine,
-                lst.id,
-                row.address,
-                row.key,
-                posted.name or None,
-                confirmed=not double,
-                method=ConsentMethod.FORM,
-                source=ip,
-                consent_text=self.consent_text(lst.name),
+            status, contact_id = await run_in_threadpool(
+                self._subscribe, lst, address, key, posted.name, ip
             )
         except Exception:
             log.exception("cannot subscribe to list %s", lst.name)
             return self._unavailable()
         task = None
-        if change is None:
+        if status is None:
             log.info("subscription to %s refused: the contact is blocklisted", lst.name)
-        elif double and change.after == MembershipStatus.UNCONFIRMED:
-            task = BackgroundTask(
-                self._send_confirmation, setup, lst, change.contact_id, row.address, row.key
-            )
-        who = html.escape(mask(row.address))
+        elif double and status == MembershipStatus.UNCONFIRMED:
+            task = BackgroundTask(self._send_confirmation, setup, lst, contact_id, address, key)
+        who = html.escape(mask(address))
         if double:
             return page(
                 "Check your inbox",
@@ -288,6 +282,29 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
             "You are subscribed",
             f"<p><b>{who}</b> will get email from <b>{html.escape(lst.name)}</b>.</p>",
         )
+
+    def _subscribe(
+        self, lst: db.ListInfo, address: str, key: str, name: str, ip: str
+    ) -> tuple[str | None, int]:
+        """Subscribe through the contacts API: (the membership's status, the contact's id); the
+        status is None for a blocklisted contact (nothing written). A name typed in the form is
+        kept for a new contact only: a public form never renames someone."""
+        known = db.contact_by_key(self.engine, key)
+        try:
+            status = contacts.subscribe(
+                self.engine,
+                address,
+                lst.name,
+                method=ConsentMethod.FORM,
+                source=ip,
+                consent_text=self.consent_text(lst.name),
+                name=(name or None) if known is None else None,
+            )
+        except AudienceConflictError:
+            return None, known.id if known is not None else 0
+        contact = known or db.contact_by_key(self.engine, key)
+        assert contact is not None
+        return str(status), contact.id
 
     def _refused(self) -> Response:
         return page(
@@ -344,23 +361,20 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
         if found.list_id != lst.id:
             return not_found()
         try:
-            change = await run_in_threadpool(
-                db.confirm,
-                self.engine,
-                found.contact_id,
-                lst.id,
-                method=ConsentMethod.CONFIRMATION,
-                source=client_ip(request),
-            )
             contact = await run_in_threadpool(db.contact_by_id, self.engine, found.contact_id)
+            status = None
+            if contact is not None:
+                status = await run_in_threadpool(
+                    self._confirm, contact.address_key, lst.name, client_ip(request)
+                )
         except Exception:
             log.exception("cannot confirm contact %s on list %s", found.contact_id, lst.name)
             return self._unavailable()
-        if change is None or contact is None:
+        if status is None or contact is None:
             return not_found()
         who = html.escape(mask(contact.address))
         name = html.escape(lst.name)
-        if change.after == MembershipStatus.UNSUBSCRIBED:
+        if status == MembershipStatus.UNSUBSCRIBED:
             return page(
                 "You left this list",
                 f"<p><b>{who}</b> unsubscribed from <b>{name}</b> after this link was sent;"
@@ -370,6 +384,16 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
             "Subscription confirmed",
             f"<p><b>{who}</b> will get email from <b>{name}</b>.</p>",
         )
+
+    def _confirm(self, key: str, list_name: str, ip: str) -> str | None:
+        try:
+            return str(
+                contacts.confirm(
+                    self.engine, key, list_name, method=ConsentMethod.CONFIRMATION, source=ip
+                )
+            )
+        except AudienceNotFoundError:
+            return None
 
     # -- the preference page ------------------------------------------------------------------
 
@@ -469,12 +493,14 @@ leave it.</p>
             for m in lists:
                 if m.status != MembershipStatus.UNSUBSCRIBED and str(m.list_id) not in stay:
                     await run_in_threadpool(
-                        db.unsubscribe,
-                        self.engine,
-                        contact.id,
-                        m.list_id,
-                        method=ConsentMethod.PREFERENCES,
-                        source=client_ip(request),
+                        partial(
+                            contacts.unsubscribe,
+                            self.engine,
+                            contact.address_key,
+                            m.list_name,
+                            method=ConsentMethod.PREFERENCES,
+                            source=client_ip(request),
+                        )
                     )
                     left.append(m.list_name)
             lists = await run_in_threadpool(db.memberships, self.engine, contact.id)
