@@ -1,4 +1,4 @@
-"""``mailcast serve``: the tracking service."""
+"""``mailcast serve``: the tracking service and the subscription forms."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def serve(
     ] = "127.0.0.1",
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Run the tracking service (open pixel, click redirects, one-click unsubscribe) with uvicorn.
+    """Run the tracking service (open pixel, click redirects, one-click unsubscribe) and the
+    subscription forms (/s/LIST, the preference page /p/TOKEN) with uvicorn.
 
     Needs MAILCAST_TRACKING_SECRET (or MAILCAST_TRACKING_SECRET_BLOCK), the same as the
     sending worker's, and the ledger (--db / MAILCAST_DATABASE_URL). Put it behind a reverse
