@@ -459,6 +459,13 @@ def test_double_opt_in_sends_a_confirmation_through_the_run_machinery(
             assert post(client, name, email=address).status_code == 200
             time.sleep(0.5)
             assert len(smtp.messages) == 1
+            # the form posted twice for a new address: one confirmation (the first link works)
+            twice = f"carl-{uid()}@example.com"
+            assert post(client, name, email=twice).status_code == 200
+            assert post(client, name, email=twice).status_code == 200
+            time.sleep(0.5)
+            assert [m.rcpt_tos[0] for m in smtp.messages[1:]] == [twice]
+            assert len(consent(ledger_url, twice)) == 2  # both posts are recorded
             assert status_of(ledger_url, address, name) == "confirmed"
 
 

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailcast.subscribe")
 
 CAMPAIGN_PREFIX = "confirm:"
+# A second confirmation to the same address for the same list within this many seconds is not
+# sent (the form posted twice, or someone using the form to flood an inbox): the first link
+# still works.
+RESEND_AFTER_SECONDS = 600
 COLUMNS = ["email", "list", "confirm_url"]
 
 SUBJECT = "Please confirm your subscription to {{ list }}"
@@ -128,6 +132,18 @@ def confirm_url(
     expires = int(time.time() + setup.valid_seconds)
     token = tokens.make_confirmation(secret, contact_id, list_id, expires)
     return f"{setup.public_url}/s/{quote(list_name, safe='')}/confirm/{token}"
+
+
+def recently_sent(ledger: Ledger, list_name: str, address_key: str) -> bool:
+    """Whether a confirmation for this list went to the address in the last
+    RESEND_AFTER_SECONDS."""
+    from datetime import timedelta
+
+    from mailcast.ledger.models import utcnow
+    from mailcast.ledger.subscriptions import confirmation_sent_since
+
+    since = utcnow() - timedelta(seconds=RESEND_AFTER_SECONDS)
+    return confirmation_sent_since(ledger.engine, CAMPAIGN_PREFIX + list_name, address_key, since)
 
 
 def send_confirmation(

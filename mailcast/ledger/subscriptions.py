@@ -8,6 +8,7 @@ and closing the row of a confirmation message the send engine left open."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, select, update
@@ -16,8 +17,9 @@ from mailcast.ledger.models import (
     FAILED,
     PENDING,
     SENDING,
+    SENT,
     UNKNOWN,
-    ConsentRecord,
+    Campaign,
     Contact,
     Delivery,
     MailingList,
@@ -30,9 +32,9 @@ from mailcast.ledger.models import (
 CO = cast(Table, Contact.__table__)
 LI = cast(Table, MailingList.__table__)
 ME = cast(Table, Membership.__table__)
-CR = cast(Table, ConsentRecord.__table__)
 D = cast(Table, Delivery.__table__)
 R = cast(Table, Run.__table__)
+C = cast(Table, Campaign.__table__)
 S = cast(Table, Suppression.__table__)
 
 
@@ -125,6 +127,27 @@ def suppressed_reason(engine: Engine, address_key: str) -> str | None:
     query = select(S.c.reason).where(S.c.address_key == address_key)
     with engine.connect() as conn:
         return cast(str | None, conn.execute(query).scalar())
+
+
+def confirmation_sent_since(
+    engine: Engine, campaign: str, address_key: str, since: datetime
+) -> bool:
+    """Whether a confirmation message (a row of a run of ``campaign``) went to the address
+    since ``since`` (sent, or still on its way)."""
+    query = (
+        select(D.c.id)
+        .join(R, R.c.id == D.c.run_id)
+        .join(C, C.c.id == R.c.campaign_id)
+        .where(
+            D.c.address_key == address_key,
+            C.c.name == campaign,
+            D.c.created_at >= since,
+            D.c.status.in_([PENDING, SENDING, SENT]),
+        )
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
 
 
 def fail_open_rows(engine: Engine, run_id: str, reason: str) -> int:

@@ -322,9 +322,12 @@ shows you are not a bot (nothing is sent anywhere else).</p></noscript>
     def _send_confirmation(
         self, setup: Any, lst: db.ListInfo, contact_id: int, address: str, key: str
     ) -> None:
-        from mailcast.engagement.confirmation import send_confirmation
+        from mailcast.engagement.confirmation import recently_sent, send_confirmation
 
         try:
+            if recently_sent(self.ledger, lst.name, key):
+                log.info("confirmation for list %s: one was sent minutes ago", lst.name)
+                return
             send_confirmation(
                 self.ledger,
                 setup,
