@@ -560,6 +560,9 @@ def test_one_click_unsubscribe_of_a_list_campaign_leaves_that_list_only(
     subscribed(ledger_url, address, a, b)
     delivery = list_delivery(ledger_url, a, address)
     token = tokens.make(KEY, tokens.UNSUBSCRIBE, delivery)
+    r = client.get(f"/u/{token}")  # the page (a link scanner's GET changes nothing)
+    assert r.status_code == 200 and f"from the list <b>{a}</b>?" in r.text
+    assert contacts.get_contact(ledger_url, address).lists == {a: "confirmed", b: "confirmed"}
     r = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
     assert r.status_code == 200 and f"no more email from the list <b>{a}</b>" in r.text
     engine = Ledger(ledger_url).engine
@@ -580,9 +583,15 @@ def test_one_click_unsubscribe_of_a_list_campaign_leaves_that_list_only(
     other = f"fay-{uid()}@example.com"
     subscribed(ledger_url, other, b)
     file_delivery = list_delivery(ledger_url, None, other)
-    r = client.post(f"/u/{tokens.make(KEY, tokens.UNSUBSCRIBE, file_delivery)}")
+    r = client.post(
+        f"/u/{tokens.make(KEY, tokens.UNSUBSCRIBE, file_delivery)}",
+        data={"List-Unsubscribe": "One-Click", "source": "page"},  # the page's button
+    )
     assert r.status_code == 200 and "no more email from us" in r.text
     assert db.suppressed_reason(engine, other) == "unsubscribed"
+    with engine.connect() as conn:
+        assert audiences.suppression_of(conn, other)["source"] == "unsubscribe page"  # type: ignore[index]
+    assert contacts.get_contact(ledger_url, other).lists == {b: "confirmed"}  # lists untouched
 
 
 def test_messages_get_a_preferences_url() -> None:

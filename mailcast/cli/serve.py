@@ -31,12 +31,21 @@ def serve(
     proxy that terminates TLS at the campaign's tracking_base_url (README)."""
     import uvicorn
 
+    from mailcast.engagement.confirmation import setup_from
+    from mailcast.errors import MailcastError
     from mailcast.web.tracking import create_app
 
-    application = create_app(settings_for(db).ledger_url())
+    settings = settings_for(db)
+    application = create_app(settings.ledger_url())
     err.print(
         f"tracking service on http://{host}:{port} (ledger: {safe(application.state.service.ledger.where)})"
     )
+    try:
+        confirmations = setup_from(settings)
+        double = f"confirmations sent from {safe(confirmations.sender)} via {safe(confirmations.target.describe())}"
+    except MailcastError as exc:
+        double = f"double opt-in lists answer 503 until {safe(exc.where or '')} is set"
+    err.print(f"subscription forms on /s/LIST ({double})")
     uvicorn.run(
         application,
         host=host,

@@ -90,7 +90,15 @@ def setup_from(settings: Settings) -> ConfirmationSetup:
             where="MAILCAST_SUBSCRIBE_SENDER",
             hint='set MAILCAST_SUBSCRIBE_SENDER, e.g. "Acme News <news@acme.example>"',
         )
-    target = target_for(settings, False, None, None, None, None)
+    try:
+        target = target_for(settings, False, None, None, None, None)
+    except SpecError as exc:
+        raise SpecError(
+            f"no transport for confirmation messages: {exc.message}",
+            where="MAILCAST_TRANSPORT_URL",
+            hint="set MAILCAST_TRANSPORT_URL (smtp://…, ses://REGION …) or"
+            " MAILCAST_TRANSPORT_BLOCK, as for `mailcast send`",
+        ) from None
     return ConfirmationSetup(
         public_url=settings.public_url.rstrip("/"),
         sender=settings.subscribe_sender,

@@ -5,9 +5,13 @@ address so that a page never shows one in full."""
 from __future__ import annotations
 
 import html
+from urllib.parse import parse_qsl
 
 from starlette.background import BackgroundTask
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
+
+MAX_FORM_BYTES = 16 * 1024
 
 NO_CACHE = {
     "Cache-Control": "no-store, no-cache, must-revalidate, private, max-age=0",
@@ -71,3 +75,35 @@ def page(
         headers={**PAGE_HEADERS, **(headers or {})},
         background=background,
     )
+
+
+class Form:
+    """A posted ``application/x-www-form-urlencoded`` body (read here: no multipart parser
+    needed), at most MAX_FORM_BYTES."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def get(self, name: str) -> str | None:
+        return next((v for k, v in self.pairs if k == name), None)
+
+    def getlist(self, name: str) -> list[str]:
+        return [v for k, v in self.pairs if k == name]
+
+
+async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form | None:
+    """The form, or None when the body is not a urlencoded form or is larger than ``limit``."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return None
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            return None
+    try:
+        text = data.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=1000)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return Form(pairs)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -46,12 +46,11 @@ from mailcast.recipients import Recipient, contacts
 from mailcast.recipients.validate import RowChecker
 from mailcast.settings import Settings
 from mailcast.web import challenge
-from mailcast.web.pages import mask, not_found, page
+from mailcast.web.pages import mask, not_found, page, read_form
 from mailcast.web.ratelimit import RateLimiter
 
 log = logging.getLogger("mailcast.subscribe")
 
-MAX_FORM_BYTES = 16 * 1024
 HONEYPOT = "website"  # a field people never see (hidden with CSS) and bots fill in
 FORM_STYLE = """
 label { display: block; margin: 1rem 0 .3rem; }
@@ -76,38 +75,6 @@ class Posted:
 
     email: str = ""
     name: str = ""
-
-
-class Form:
-    """A posted ``application/x-www-form-urlencoded`` body (read here: no multipart parser
-    needed), at most MAX_FORM_BYTES."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def get(self, name: str) -> str | None:
-        return next((v for k, v in self.pairs if k == name), None)
-
-    def getlist(self, name: str) -> list[str]:
-        return [v for k, v in self.pairs if k == name]
-
-
-async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form | None:
-    """The form, or None when the body is not a urlencoded form or is larger than ``limit``."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        return None
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            return None
-    try:
-        text = data.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=1000)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return Form(pairs)
 
 
 def client_ip(request: Request) -> str:

@@ -35,10 +35,10 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailcast.engagement import record, tokens
-from mailcast.ledger import events
+from mailcast.ledger import events, subscriptions
 from mailcast.ledger.models import CLICK, OPEN
 from mailcast.web import hooks
-from mailcast.web.pages import NO_CACHE, mask, not_found, page
+from mailcast.web.pages import NO_CACHE, mask, not_found, page, read_form
 
 log = logging.getLogger("mailcast.engagement")
 
@@ -123,6 +123,16 @@ class TrackingService:
                 return not_found()
         who = html.escape(mask(info.address)) if info else "this address"
         what = f" from <b>{html.escape(info.campaign)}</b>" if info else ""
+        if info is not None:
+            try:
+                audience = await run_in_threadpool(
+                    subscriptions.delivery_audience, self.engine, info.id
+                )
+            except Exception:
+                audience = None
+            list_name = audience[1].get("list") if audience else None
+            if isinstance(list_name, str) and list_name:
+                what = f" from the list <b>{html.escape(list_name)}</b>"
         body = f"""<p>Stop sending email to <b>{who}</b>{what}?</p>
 <form method="post" action="">
 <input type="hidden" name="List-Unsubscribe" value="One-Click">
@@ -136,12 +146,9 @@ class TrackingService:
         if token is None:
             return not_found()
         source = "one-click"
-        try:
-            form = await request.form()
-            if form.get("source") == "page":
-                source = "unsubscribe page"
-        except Exception:  # not a form body: still a one-click unsubscribe
-            pass
+        form = await read_form(request)  # None: not a form body, still a one-click unsubscribe
+        if form is not None and form.get("source") == "page":
+            source = "unsubscribe page"
         try:
             done = await run_in_threadpool(
                 record.unsubscribe_from, self.engine, token.delivery_id, source
