@@ -23,6 +23,7 @@ from contextlib import ExitStack
 
 from mailcast.tasks.checks import (
     check_message_task,
+    check_repeat_task,
     check_templates_task,
     check_tracking_task,
     check_transport_task,
@@ -35,7 +36,7 @@ from mailcast.tasks.resume import reopen_task, run_planned_task
 from mailcast.tasks.summary import summary_task
 from mailcast.tasks.tracking import after_send_task
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Failed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -65,14 +66,21 @@ def send_campaign(
     retry_failed: bool = False,
     transport_block: str | None = None,
     transport_url: str | None = None,
+    again: bool = False,
 ) -> RunSummary:
     """Send a campaign (or, with ``resume``, continue run ``run_id``). The transport: a saved
     block (``transport_block``: NAME or KIND/NAME; ``smtp_block``: an SMTP block's name) or a
-    URL without secrets (``transport_url``: smtp://…, ses://REGION …; ``smtp_url``)."""
+    URL without secrets (``transport_url``: smtp://…, ses://REGION …; ``smtp_url``).
+
+    A real run of a campaign already sent to the same recipients source (a completed real run)
+    is refused unless the spec has ``allow_repeats: true`` (or ``once_per_contact``); ``again``
+    is the CLI's confirmation (``mailcast send --again``) and counts only outside a deployment:
+    a deployment's run needs ``allow_repeats``."""
     try:
         target = (transport_block, smtp_block, transport_url, smtp_url)
         return _send_campaign(
             spec, dry_run, target, outbox_dir, run_id, resume, resend_unknown, retry_failed,
+            again,
         )  # fmt: skip
     except MailcastError as exc:
         # The user's to fix (a paused run, credentials, TLS...): the flow run fails with the
@@ -90,6 +98,7 @@ def _send_campaign(
     resume: bool,
     resend_unknown: bool,
     retry_failed: bool,
+    again: bool = False,
 ) -> RunSummary:
     logger = get_run_logger()
     settings = Settings()
@@ -125,6 +134,8 @@ def _send_campaign(
             check_message_task(spec)  # sender, attachments: refused before the run is planned
             check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
             if not target.dry_run:
+                confirmed = again and deployment.id is None
+                check_repeat_task(database_url, spec, confirmed, run_id)
                 check_transport_task(target, limit)
             planned = prepare_task(database_url, spec, target, run_id)
             logger.info(

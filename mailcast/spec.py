@@ -12,6 +12,7 @@ Nothing under /proc, /sys or /dev, whatever the roots.
 
 from __future__ import annotations
 
+import builtins
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -131,11 +132,21 @@ class SqlSource(BaseModel):
 
 
 class RecipientSource(BaseModel):
-    """Where recipients come from: a file (.csv, .tsv, .txt, .xlsx) or a SQL query."""
+    """Where recipients come from: a file (.csv, .tsv, .txt, .xlsx), a SQL query, or the
+    contacts kept in mailcast: a list's members or a segment (the row's fields are the
+    contact's attributes plus ``email`` and ``name``)."""
 
     model_config = ConfigDict(extra="forbid")
     path: str | None = Field(default=None, description="CSV/TSV/XLSX file, relative to the spec")
     sql: SqlSource | None = None
+    list: str | None = Field(
+        default=None,
+        description="A mailing list's name: its confirmed members (every member of a single"
+        " opt-in list who did not leave) who are enabled",
+    )
+    segment: str | None = Field(
+        default=None, description="A saved segment's name: its enabled contacts"
+    )
     email_column: str = Field(default="email", description="Column holding the address")
     name_column: str | None = Field(
         default=None, description="Column holding the display name for the To header (optional)"
@@ -143,15 +154,26 @@ class RecipientSource(BaseModel):
     sheet: str | None = Field(default=None, description="Excel sheet name (default: the first)")
     delimiter: str | None = Field(default=None, description="CSV delimiter (default: sniffed)")
     encoding: str | None = Field(default=None, description="File encoding (default: sniffed)")
-    required_columns: list[str] = Field(
-        default_factory=list, description="Columns that must be non-empty for a row to be sent"
+    required_columns: builtins.list[str] = Field(
+        default_factory=builtins.list,
+        description="Columns that must be non-empty for a row to be sent",
     )
 
     @model_validator(mode="after")
     def _one_source(self) -> RecipientSource:
-        if (self.path is None) == (self.sql is None):
-            raise ValueError("give exactly one of `path` or `sql`")
+        given = [self.path, self.sql, self.list, self.segment]
+        if sum(v is not None for v in given) != 1:
+            raise ValueError("give exactly one of `path`, `sql`, `list` or `segment`")
         return self
+
+    @property
+    def audience(self) -> tuple[str, str] | None:
+        """("list" or "segment", its name) for contacts kept in mailcast, else None."""
+        if self.list is not None:
+            return ("list", self.list)
+        if self.segment is not None:
+            return ("segment", self.segment)
+        return None
 
 
 _DOMAIN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
@@ -301,6 +323,22 @@ class CampaignSpec(BaseModel):
         description="Sign every message with DKIM: selector, domain and the private key's "
         "Secret block (default: not signed)",
     )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A key for recurring campaigns (with `once_per_contact`): an address never"
+        " receives the same key twice, across runs",
+    )
+    once_per_contact: bool = Field(
+        default=False,
+        description="Skip addresses that already received `key` (reason `already sent: KEY`)",
+    )
+    allow_repeats: bool = Field(
+        default=False,
+        description="Let a deployment send this campaign again to a recipients source it was"
+        " already sent to (a completed real run); the CLI asks instead (or `--again`)",
+    )
 
     @field_validator("headers")
     @classmethod
@@ -320,6 +358,8 @@ class CampaignSpec(BaseModel):
     def _has_body(self) -> CampaignSpec:
         if not self.html and not self.text:
             raise ValueError("give at least one of `html` or `text`")
+        if self.once_per_contact and not self.key:
+            raise ValueError("`once_per_contact: true` needs a `key`")
         return self
 
     @field_validator("tracking_base_url")

@@ -13,6 +13,7 @@ from mailcast.compose.dkim import signer_for
 from mailcast.compose.mime import MessageBuilder
 from mailcast.compose.templates import check_templates
 from mailcast.engagement.links import check_tracking
+from mailcast.recipients.prepare import check_repeat
 from mailcast.recipients.sources import read_columns
 from mailcast.spec import CampaignSpec, RecipientSource
 from mailcast.transport.factory import Target, make_transport
@@ -50,6 +51,13 @@ def check_message_task(spec: CampaignSpec) -> int:
 @task(name="check-tracking", **QUIET)
 def check_tracking_task(spec: CampaignSpec) -> bool:
     return check_tracking(spec)
+
+
+@task(name="check-repeat", **QUIET)
+def check_repeat_task(database_url: str, spec: CampaignSpec, confirmed: bool, run_id: str) -> None:
+    """Refuse a real run of a campaign already sent to the same recipients source (unless the
+    spec allows repeats, or the CLI's user confirmed: ``again``)."""
+    check_repeat(database_url, spec, confirmed=confirmed, run_id=run_id)
 
 
 @task(name="check-smtp", **QUIET)

@@ -52,8 +52,9 @@ def prepare(spec_path: Path, db: str | None = None) -> tuple[Any, Any, Any]:
     from mailcast.spec import load_spec
 
     spec = load_spec(spec_path)
-    suppressed = suppressed_for(settings_for(db).ledger_url())
-    with checked_recipients(spec, suppressed=suppressed) as checked:
+    url = settings_for(db).ledger_url()
+    suppressed = suppressed_for(url)
+    with checked_recipients(spec, suppressed=suppressed, database_url=url) as checked:
         templates = CampaignTemplates(spec, checked.columns)
         MessageBuilder(spec)  # sender, attachments, sizes
         if spec.dkim is not None and spec.dkim.key_file:  # a key block is read when sending
@@ -198,10 +199,20 @@ def send(
     transport_block: TransportBlockOpt = None,
     db: DbOpt = None,
     outbox: Annotated[Path | None, typer.Option(help="Outbox folder for dry runs")] = None,
+    again: Annotated[
+        bool,
+        typer.Option(
+            "--again",
+            help="Send even though this campaign was already sent to the same recipients"
+            " (a completed real run); without it the command asks",
+        ),
+    ] = False,
 ) -> None:
     """Send a campaign (a dry run unless --send)."""
     settings = settings_for(db)
     campaign, table, _ = prepare(spec, db)  # refuse bad templates/attachments before Prefect
+    if really_send and not again:
+        again = confirm_repeat(settings, campaign)
     out.print(tracking_line(campaign, check_secret=True))
     params = transport_params(
         settings,
@@ -232,8 +243,33 @@ def send(
         run_id,
         dry_run=not really_send,
         outbox_dir=str(outbox or settings.outbox()),
+        again=again,
         **params,
     )
+
+
+def confirm_repeat(settings: Settings, campaign: Any) -> bool:
+    """Whether the user confirmed sending again a campaign already sent to the same recipients
+    (True: there was such a run and the user said yes). Asks on a terminal; elsewhere (a
+    script, a pipe) refuses with one line: ``--again`` sends anyway."""
+    import sys
+
+    from mailcast.errors import RepeatError
+    from mailcast.recipients.prepare import earlier_runs
+
+    earlier = earlier_runs(settings.ledger_url(), campaign)
+    if not earlier:
+        return False
+    last = earlier[0]
+    said = f"already sent to this audience: run {last.id} of {last.created_at:%Y-%m-%d %H:%M}" + (
+        f" (and {len(earlier) - 1} more)" if len(earlier) > 1 else ""
+    )
+    if not sys.stdin.isatty():
+        raise RepeatError(said, where=f"campaign {campaign.name!r}")
+    out.print(f"{safe(campaign.name)}: {safe(said)}")
+    if not typer.confirm("Send it again to the same recipients?", default=False):
+        raise typer.Exit(1)
+    return True
 
 
 def _continue(run_id: str, db: str | None, chosen: dict[str, str | None], **flags: Any) -> None:

@@ -100,8 +100,12 @@ def summarize_run(ledger: Ledger, run_id: str) -> RunSummary:
 
 
 def finish_run(ledger: Ledger, run_id: str) -> RunSummary:
-    """Close the run: completed when no row is left open, else paused (resume continues)."""
+    """Close the run: completed when no row is left open, else paused (resume continues). A
+    ``once_per_contact`` run records the addresses it sent its key to (``contact_sends``)."""
+    from mailcast.ledger.campaign_audience import record_sends
     from mailcast.ledger.models import utcnow
+
+    record_sends(ledger.engine, run_id)
 
     counts = ledger.counts(run_id)
     still_open = counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]

@@ -502,18 +502,25 @@ def audience_keys(conn: Connection, cond: ColumnElement[bool]) -> list[str]:
 
 
 def audience_rows(
-    conn: Connection, cond: ColumnElement[bool], *, batch: int = 10_000
-) -> Iterator[tuple[str, str, str | None, dict[str, Any]]]:
-    """(address, address_key, name, attributes) of the audience's enabled contacts, in id
-    order, streamed (a server-side cursor on Postgres)."""
+    conn: Connection, cond: ColumnElement[bool], keys: list[str], *, batch: int = 20_000
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of (address, address_key, name, value of each of ``keys``) of the audience's
+    enabled contacts, in id order, streamed (a server-side cursor on Postgres). On Postgres
+    each value is the attribute as text (``->>``: JSON numbers and booleans as written, NULL
+    when missing); on SQLite the row ends with the attributes as a dict instead."""
+    if conn.dialect.name == "postgresql":
+        doc = type_coerce(C.c.attributes, JSONB)
+        values = [doc[bindparam(None, k, type_=String)].astext for k in keys]
+    else:
+        values = [C.c.attributes]
     query = (
-        select(C.c.address, C.c.address_key, C.c.name, C.c.attributes)
+        select(C.c.address, C.c.address_key, C.c.name, *values)
         .where(C.c.status == ContactStatus.ENABLED, cond)
         .order_by(C.c.id)
     )
     result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
-    for row in result:
-        yield row[0], row[1], row[2], row[3] or {}
+    for part in result.partitions():
+        yield [tuple(r) for r in part]
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """The ledger's SQL views for analysts: ``campaign_summary``, ``delivery_facts``,
-``campaign_totals`` and ``link_clicks``.
+``campaign_totals`` and ``link_clicks`` (migration 0003), and the per-list figures
+``list_members``, ``list_growth`` and ``list_engagement`` (migration 0009).
 
 This module holds the *current* definitions (the ones the head migration creates; a test checks
 that they match). Each migration that creates or changes a view keeps its own frozen copy of the
@@ -14,19 +15,27 @@ use ``SUM(CASE WHEN … THEN 1 ELSE 0 END)``, rates ``CAST(x AS DOUBLE PRECISION
 0/1 on SQLite, like ``dry_run``.
 
 SQLite caveat for later migrations: a batch (copy-and-rename) alteration of a table a view reads
-fails while the view exists; drop the views first and recreate them afterwards.
+fails while the view exists; drop the views first and recreate them afterwards (the list views
+read lists, memberships, contacts, suppressions, consent_records and runs).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection
 
-# In creation order (campaign_totals reads campaign_summary); dropped in reverse.
-VIEW_NAMES = ("campaign_summary", "delivery_facts", "campaign_totals", "link_clicks")
+# In creation order (campaign_totals and list_engagement read campaign_summary); dropped in
+# reverse. The first four are migration 0003's, the list views migration 0009's.
+VIEW_NAMES = (
+    "campaign_summary", "delivery_facts", "campaign_totals", "link_clicks", "list_members",
+    "list_growth", "list_engagement",
+)  # fmt: skip
+LIST_VIEW_NAMES = ("list_members", "list_growth", "list_engagement")
 
 # Per-dialect fragments. sent_day is the UTC calendar day (SQLite stores UTC timestamps as text).
 _FRAGMENTS: dict[str, dict[str, str]] = {
     "postgresql": {
+        "consent_day": "CAST(cr.at AT TIME ZONE 'UTC' AS DATE)",
+        "run_list": "r.spec -> 'recipients' ->> 'list'",
         "sent_day": "CAST(d.sent_at AT TIME ZONE 'UTC' AS DATE)",
         "bounce_type": "ev.detail ->> 'type'",
         "link_id": (
@@ -35,6 +44,10 @@ _FRAGMENTS: dict[str, dict[str, str]] = {
         ),
     },
     "sqlite": {
+        "consent_day": "date(cr.at)",
+        "run_list": (
+            "CASE WHEN json_valid(r.spec) THEN json_extract(r.spec, '$.recipients.list') END"
+        ),
         "sent_day": "date(d.sent_at)",
         "bounce_type": (
             "CASE WHEN json_valid(ev.detail) THEN json_extract(ev.detail, '$.type') END"
@@ -242,11 +255,100 @@ LEFT JOIN (
 ) k ON k.link_id = l.id AND k.run_id = l.run_id
 """
 
+# One row per list: its members by status, and how many a campaign to it would plan now.
+_LIST_MEMBERS = """
+SELECT
+    l.id AS list_id,
+    l.name AS list,
+    l.optin AS optin,
+    COALESCE(m.members, 0) AS members,
+    COALESCE(m.confirmed, 0) AS confirmed,
+    COALESCE(m.unconfirmed, 0) AS unconfirmed,
+    COALESCE(m.unsubscribed, 0) AS unsubscribed,
+    COALESCE(m.blocklisted, 0) AS blocklisted,
+    COALESCE(m.sendable, 0) AS sendable
+FROM lists l
+LEFT JOIN (
+    SELECT
+        mm.list_id AS list_id,
+        COUNT(*) AS members,
+        SUM(CASE WHEN mm.status = 'confirmed' THEN 1 ELSE 0 END) AS confirmed,
+        SUM(CASE WHEN mm.status = 'unconfirmed' THEN 1 ELSE 0 END) AS unconfirmed,
+        SUM(CASE WHEN mm.status = 'unsubscribed' THEN 1 ELSE 0 END) AS unsubscribed,
+        SUM(CASE WHEN mm.status <> 'unsubscribed' AND c.status = 'blocklisted'
+            THEN 1 ELSE 0 END) AS blocklisted,
+        SUM(CASE WHEN c.status = 'enabled'
+                AND (mm.status = 'confirmed' OR (mm.status = 'unconfirmed' AND ll.optin = 'single'))
+                AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.address_key = c.address_key)
+            THEN 1 ELSE 0 END) AS sendable
+    FROM memberships mm
+    JOIN contacts c ON c.id = mm.contact_id
+    JOIN lists ll ON ll.id = mm.list_id
+    GROUP BY mm.list_id
+) m ON m.list_id = l.id
+"""
+
+# One row per list and UTC day with consent records about it: who joined, who left.
+_LIST_GROWTH = """
+SELECT
+    g.list_id AS list_id,
+    g.list AS list,
+    g.day AS day,
+    g.subscribes AS subscribes,
+    g.confirms AS confirms,
+    g.unsubscribes AS unsubscribes,
+    g.joined AS joined,
+    g.joined - g.unsubscribes AS net,
+    SUM(g.joined - g.unsubscribes) OVER (PARTITION BY g.list_id ORDER BY g.day
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cumulative_net
+FROM (
+    SELECT
+        cr.list_id AS list_id,
+        l.name AS list,
+        {consent_day} AS day,
+        SUM(CASE WHEN cr.action = 'subscribe' THEN 1 ELSE 0 END) AS subscribes,
+        SUM(CASE WHEN cr.action = 'confirm' THEN 1 ELSE 0 END) AS confirms,
+        SUM(CASE WHEN cr.action = 'unsubscribe' THEN 1 ELSE 0 END) AS unsubscribes,
+        SUM(CASE WHEN (cr.action = 'subscribe' AND l.optin = 'single') OR cr.action = 'confirm'
+            THEN 1 ELSE 0 END) AS joined
+    FROM consent_records cr
+    JOIN lists l ON l.id = cr.list_id
+    GROUP BY cr.list_id, l.name, {consent_day}
+) g
+"""
+
+# One row per list: the figures of the real runs sent to it (recipients: {list: NAME}).
+_LIST_ENGAGEMENT = """
+SELECT
+    l.id AS list_id,
+    l.name AS list,
+    COUNT(s.run_id) AS runs,
+    MAX(s.created_at) AS last_run_at,
+    CAST(COALESCE(SUM(s.sent), 0) AS BIGINT) AS sent,
+    CAST(COALESCE(SUM(s.unique_opens), 0) AS BIGINT) AS opened,
+    CAST(COALESCE(SUM(s.unique_clicks), 0) AS BIGINT) AS clicked,
+    CAST(COALESCE(SUM(s.unsubscribes), 0) AS BIGINT) AS unsubscribed,
+    CAST(COALESCE(SUM(s.bounces), 0) AS BIGINT) AS bounced,
+    CAST(SUM(s.unique_opens) AS DOUBLE PRECISION) / NULLIF(CAST(SUM(s.sent) AS DOUBLE PRECISION), 0)
+        AS open_rate,
+    CAST(SUM(s.unique_clicks) AS DOUBLE PRECISION)
+        / NULLIF(CAST(SUM(s.sent) AS DOUBLE PRECISION), 0) AS click_rate,
+    CAST(SUM(s.unsubscribes) AS DOUBLE PRECISION)
+        / NULLIF(CAST(SUM(s.sent) AS DOUBLE PRECISION), 0) AS unsubscribe_rate
+FROM lists l
+LEFT JOIN runs r ON ({run_list}) = l.name AND NOT r.dry_run
+LEFT JOIN campaign_summary s ON s.run_id = r.id
+GROUP BY l.id, l.name
+"""
+
 _VIEWS = {
     "campaign_summary": _CAMPAIGN_SUMMARY,
     "delivery_facts": _DELIVERY_FACTS,
     "campaign_totals": _CAMPAIGN_TOTALS,
     "link_clicks": _LINK_CLICKS,
+    "list_members": _LIST_MEMBERS,
+    "list_growth": _LIST_GROWTH,
+    "list_engagement": _LIST_ENGAGEMENT,
 }
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -274,6 +376,18 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "link_clicks": (
         "link_id", "run_id", "campaign", "position", "url", "clicks", "unique_clicks",
+    ),
+    "list_members": (
+        "list_id", "list", "optin", "members", "confirmed", "unconfirmed", "unsubscribed",
+        "blocklisted", "sendable",
+    ),
+    "list_growth": (
+        "list_id", "list", "day", "subscribes", "confirms", "unsubscribes", "joined", "net",
+        "cumulative_net",
+    ),
+    "list_engagement": (
+        "list_id", "list", "runs", "last_run_at", "sent", "opened", "clicked", "unsubscribed",
+        "bounced", "open_rate", "click_rate", "unsubscribe_rate",
     ),
 }  # fmt: skip
 

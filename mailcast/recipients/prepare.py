@@ -14,15 +14,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailcast.engagement.suppression import suppressed_for
-from mailcast.errors import SourceError
+from mailcast.errors import RepeatError, SourceError
+from mailcast.ledger import campaign_audience
 from mailcast.ledger.models import RunStatus, utcnow
 from mailcast.ledger.store import Ledger
 from mailcast.recipients.dedupe import dedupe_rows
 from mailcast.recipients.model import Recipient, RecipientTable, gc_paused
 from mailcast.recipients.sources import open_recipients
 from mailcast.recipients.validate import reason_category, validate_rows
+from mailcast.settings import Settings
 from mailcast.spec import CampaignSpec
 from mailcast.transport.factory import Target
 
@@ -47,16 +50,23 @@ class CheckedRows:
 
 @contextlib.contextmanager
 def checked_recipients(
-    spec: CampaignSpec, *, suppressed: Collection[str] = frozenset()
+    spec: CampaignSpec,
+    *,
+    suppressed: Collection[str] = frozenset(),
+    database_url: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[CheckedRows]:
     """Open the campaign's recipient data and check its rows as they are read: read → validate
-    (``required_columns``, ``check_deliverability``, not in ``suppressed``) → dedupe. The header
-    and the required columns are checked on entering; leaving closes the source. A recipient
-    file must be inside the campaign folder (``CampaignSpec.campaign_file``)."""
+    (``required_columns``, ``check_deliverability``, not in ``suppressed``) → dedupe → with
+    ``once_per_contact``, not already sent the campaign's ``key``. The header and the required
+    columns are checked on entering; leaving closes the source. A recipient file must be inside
+    the campaign folder (``CampaignSpec.campaign_file``). ``database_url``: the ledger (lists,
+    segments and the keys sent live there; default: the settings')."""
     source = spec.recipients
     if source.path is not None:  # inside the campaign folder, itself inside a campaign root
         spec.campaign_file(source.path, field="recipients.path", error=SourceError)
-    with open_recipients(source, spec.base_dir) as stream:
+    url = database_url or Settings().ledger_url()
+    with open_recipients(source, spec.base_dir, url) as stream:
         rows = validate_rows(
             stream,
             stream.columns,
@@ -64,7 +74,47 @@ def checked_recipients(
             suppressed=suppressed,
             check_deliverability=spec.check_deliverability,
         )
-        yield CheckedRows(stream.source, stream.columns, dedupe_rows(rows))
+        rows = dedupe_rows(rows)
+        if spec.once_per_contact and spec.key:
+            sent = campaign_audience.already_sent(Ledger(url).engine, spec.key, exclude_run=run_id)
+            rows = _not_sent_before(rows, sent, spec.key)
+        yield CheckedRows(stream.source, stream.columns, rows)
+
+
+def _not_sent_before(rows: Iterable[Recipient], sent: set[str], key: str) -> Iterator[Recipient]:
+    reason = f"already sent: {key}"
+    for r in rows:
+        if r.reason is None and r.key in sent:
+            r.reason = reason
+        yield r
+
+
+def earlier_runs(database_url: str, spec: CampaignSpec, *, run_id: str | None = None) -> list[Any]:
+    """Completed real runs of this campaign to the same recipients source (newest first); none
+    when repeats are harmless: ``allow_repeats``, or ``once_per_contact`` (a key is never sent
+    twice to an address)."""
+    if spec.allow_repeats or spec.once_per_contact:
+        return []
+    recipients = spec.recipients.model_dump(mode="json")
+    engine = Ledger(database_url).engine
+    return campaign_audience.completed_runs_to(engine, spec.name, recipients, exclude=run_id)
+
+
+def check_repeat(
+    database_url: str, spec: CampaignSpec, *, confirmed: bool, run_id: str | None = None
+) -> None:
+    """RepeatError when this campaign was already sent to the same recipients source (a
+    completed real run) and the repeat is neither allowed by the spec nor ``confirmed``."""
+    if confirmed:
+        return
+    earlier = earlier_runs(database_url, spec, run_id=run_id)
+    if earlier:
+        last = earlier[0]
+        raise RepeatError(
+            f"already sent to this audience: run {last.id} of {last.created_at:%Y-%m-%d %H:%M}"
+            + (f" (and {len(earlier) - 1} more)" if len(earlier) > 1 else ""),
+            where=f"campaign {spec.name!r}",
+        )
 
 
 @dataclass
@@ -121,7 +171,9 @@ def prepare_run(
     into ``plan_rows``). Addresses on the ledger's suppression list are skipped."""
     ledger = Ledger(database_url)
     suppressed = suppressed_for(database_url)  # the ledger's: every campaign skips them
-    with checked_recipients(spec, suppressed=suppressed) as checked:
+    with checked_recipients(
+        spec, suppressed=suppressed, database_url=database_url, run_id=run_id
+    ) as checked:
         planned = Planned(run_id or "")
         rows = _tally(checked.rows, planned)
         planned.run_id = plan_rows(

@@ -1,5 +1,6 @@
 """Open a campaign's recipient data, whatever its source: a CSV/TSV/TXT file (``csv_source``), an
-Excel workbook (``xlsx_source``) or a SQL query (``sql_source``). Each gives a
+Excel workbook (``xlsx_source``), a SQL query (``sql_source``) or the contacts of a list or a
+segment in the ledger (``audience``). Each gives a
 :class:`~mailcast.recipients.stream.RecipientStream`: the checked header now, the rows as they
 are read.
 """
@@ -21,16 +22,24 @@ SUPPORTED = ", ".join(CSV_SUFFIXES + XLSX_SUFFIXES)
 __all__ = ["RecipientStream", "open_recipients", "read_columns", "read_recipients"]
 
 
-def open_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientStream:
+def open_recipients(
+    source: RecipientSource, base_dir: str | Path, database_url: str | None = None
+) -> RecipientStream:
     """Open ``source`` and read its header; the rows are read as the stream is iterated. A
     relative ``source.path`` resolves against ``base_dir`` (not confined: campaigns read their
     recipients through ``read_columns`` and ``prepare.checked_recipients``, which are).
     Problems with the source as a whole (no such file, no header, the email column missing)
-    raise here."""
+    raise here. A list or a segment is read from the ledger at ``database_url`` (default: the
+    settings' ledger)."""
     if source.sql is not None:
         return read_sql(source)
+    if source.audience is not None:
+        from mailcast.recipients.audience import read_audience
+        from mailcast.settings import Settings
+
+        return read_audience(source, database_url or Settings().ledger_url())
     if source.path is None:  # pragma: no cover - RecipientSource guarantees one of the two
-        raise SpecError("give `path` or `sql`", where="recipients")
+        raise SpecError("give `path`, `sql`, `list` or `segment`", where="recipients")
     path = Path(source.path).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
@@ -65,13 +74,15 @@ def open_recipients(source: RecipientSource, base_dir: str | Path) -> RecipientS
     return read_csv(path, source)
 
 
-def read_columns(source: RecipientSource, base_dir: str | Path) -> list[str]:
+def read_columns(
+    source: RecipientSource, base_dir: str | Path, database_url: str | None = None
+) -> list[str]:
     """The campaign's recipient columns: its header, read and checked (the rows are not read).
     A recipient file must be inside the campaign folder ``base_dir``, itself inside a campaign
     root (``mailcast.spec.campaign_file``)."""
     if source.path is not None:
         campaign_file(base_dir, source.path, field="recipients.path", error=SourceError)
-    with open_recipients(source, base_dir) as stream:
+    with open_recipients(source, base_dir, database_url) as stream:
         return stream.columns
 
 

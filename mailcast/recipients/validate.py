@@ -182,6 +182,9 @@ class RowChecker:
     def __call__(self, r: Recipient) -> None:
         if r.reason is not None:
             return
+        if r.key is not None:  # validated already (a contact kept in mailcast): not again
+            self._rest(r, r.key)
+            return
         address = r.address.strip() if isinstance(r.address, str) else str(r.address or "")
         if not address:
             r.reason = "missing address"
@@ -201,6 +204,10 @@ class RowChecker:
             return
         r.address = normalized  # type: ignore[assignment]
         r.key = key
+        self._rest(r, key)
+
+    def _rest(self, r: Recipient, key: str | None) -> None:
+        """The required fields and the suppression list."""
         required = self.required
         if required:
             missing = [n for n in required if not str(r.fields.get(n) or "").strip()]
