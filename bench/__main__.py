@@ -12,7 +12,8 @@ it is met. Scenarios: raw (one connection; and 3 processes × 4 connections as a
 mailcast-e2e, compare (naive, mailmerge, mailcast on the same rows), million, slow-server, ingest,
 plan-copy, rate-limit, dkim (e2e unsigned vs DKIM-signed, and the signing cost per message),
 http-provider (mailcast through a local fake SendGrid API vs a bare httpx client against the
-same fake).
+same fake), segment-count (segment counts over 1,000,000 contacts, and planning a campaign to a
+1,000,000-member list).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ SCENARIOS = [
     "rate-limit",
     "dkim",
     "http-provider",
+    "segment-count",
 ]
 NEEDS_PREFECT = {
     "mailcast-e2e", "compare", "million", "slow-server", "rate-limit", "dkim", "http-provider",
@@ -68,6 +70,7 @@ FULL = {
     "plan_baseline": 20_000,
     "rate_window": 60,
     "http": 10_000,
+    "segments": 1_000_000,
 }
 QUICK = {
     "raw": 5_000,
@@ -80,6 +83,7 @@ QUICK = {
     "plan_baseline": 2_000,
     "rate_window": 10,
     "http": 3_000,
+    "segments": 100_000,
 }
 SLOW_DELAY = 0.5
 # Worker processes for every mailcast run: one more than the cores. A worker spends ~40 % of its
@@ -569,6 +573,31 @@ class Bench:
             f"{n:,}: runs {[round(r.result['seconds'], 1) for r in good]} s"
         )
 
+    def run_segments(self) -> None:
+        n = self.sizes["segments"]
+        self.say(f"segment-count: {n:,} contacts loaded by COPY; segment counts; plan to a list")
+        run = self.scenario(
+            "segment-count",
+            ["segment-count", "-n", str(n), "--pg", self.args.pg, "--repeat", str(self.repeat)],
+        )
+        full = n >= 1_000_000  # the targets are for 1,000,000 contacts (smaller: info only)
+        if self.failed("segment-count", n, [run], "< 1 s per count; plan < 30 s"):
+            return
+        for label, c in run.result["counts"].items():
+            self.add(f"segment count: {label}", n, f"{c['seconds'] * 1000:.0f} ms",
+                     f"{c['contacts']:,} contacts", "", run.rss_mb,
+                     "< 1 s" if full else "(info; < 1 s at 1M)",
+                     c["seconds"] < 1 if full else None)  # fmt: skip
+        plan = run.result["plan"]
+        self.add("plan a campaign to a list", plan["rows"], f"{plan['seconds']:.1f} s", "", "",
+                 run.rss_mb, "< 30 s" if full else "(info; < 30 s at 1M)",
+                 plan["seconds"] < 30 if full else None)  # fmt: skip
+        loaded = ", ".join(f"{k} {v:.1f} s" for k, v in run.result["load"].items())
+        self.notes.append(f"segment-count: load ({loaded}); expressions: " + "; ".join(
+            f"{label}: `{c['expression']}` runs {c['runs']} s"
+            for label, c in run.result["counts"].items()
+        ))  # fmt: skip
+
     def run_rate(self) -> None:
         window = self.sizes["rate_window"]
         messages = int(RATE * window) + 1
@@ -644,6 +673,8 @@ class Bench:
                 from bench.http_provider import run_http
 
                 run_http(self)
+            if "segment-count" in only:
+                self.run_segments()
         total = time.perf_counter() - started
         self.report(total)
         return 0

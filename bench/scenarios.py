@@ -326,6 +326,7 @@ NAMES = [
     "plan-copy",
     "dkim-sign",
     "http-bare",
+    "segment-count",
 ]
 
 
@@ -366,6 +367,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=200, help="threads (per process)")
     ap.add_argument("--processes", type=int, default=3, help="raw-parallel")
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="plan-copy")
+    ap.add_argument("--repeat", type=int, default=3, help="segment-count: counts per segment")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mailcast-bench"))
     ap.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     args = ap.parse_args()
@@ -390,6 +392,10 @@ def main() -> None:
         result = sign_cost(args.n, args.workdir)
     elif args.name == "ingest":
         result = ingest(args.n, args.workdir)
+    elif args.name == "segment-count":
+        from bench.segment_count import measure
+
+        result = measure(args.pg, n=args.n, repeat=args.repeat)
     elif args.name == "http-bare":
         from bench.http_provider import bare
 
