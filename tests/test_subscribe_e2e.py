@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from mailcast.capture import CaptureServer
 from mailcast.cli import app
 from mailcast.ledger.store import Ledger
-from mailcast.recipients import contacts, lists
+from mailcast.recipients import contacts, lists, segments
 from mailcast.web import challenge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,102 @@ def send(spec: Path, smtp: CaptureServer, db: str) -> str:
 def ledger_url(db_url: str) -> str:
     Ledger(db_url)  # at the head revision before the service opens it
     return db_url
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_subscribe_confirm_segment_campaign_one_click_and_skipped(
+    tmp_path: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    news, offers = f"news-{tag}", f"offers-{tag}"
+    lists.create_list(ledger_url, news, optin="double", description="The weekly news")
+    lists.create_list(ledger_url, offers, optin="single")
+    person = f"dana-{tag}@example.com"
+    colleague = f"eli-{tag}@example.com"  # another member, so the last campaign sends something
+    contacts.subscribe(ledger_url, colleague, news, method="api", source="test", status="confirmed")
+    engine = Ledger(ledger_url).engine
+    monkeypatch.setenv("MAILCAST_TRACKING_SECRET", SECRET)  # the CLI's sends sign the same
+
+    with CaptureServer() as smtp, Serve(ledger_url, smtp, tmp_path) as serve:
+        client = httpx.Client(timeout=30)
+        # -- subscribe to a single opt-in list, then to the double opt-in one -----------------
+        r = subscribe_through_the_form(client, serve.url, offers, person, name="Dana")
+        assert r.status_code == 200 and "You are subscribed" in r.text
+        r = subscribe_through_the_form(client, serve.url, news, person)
+        assert r.status_code == 200 and "Check your inbox" in r.text
+        assert contacts.get_contact(ledger_url, person).lists == {
+            news: "unconfirmed",
+            offers: "confirmed",
+        }
+
+        # -- the confirmation message, through the run machinery ---------------------------------
+        (confirmation,) = smtp.wait_for(1, timeout=30)
+        assert list(confirmation.rcpt_tos) == [person]
+        msg = parse(confirmation.data)
+        assert msg["Subject"] == f"Please confirm your subscription to {news}"
+        link = re.search(re.escape(serve.url) + r"/s/[^\s]+/confirm/[a-z2-7]+", text_of(msg))
+        assert link is not None
+        ledger = Ledger(ledger_url)
+        (run,) = [r for r in ledger.runs() if r.campaign == f"confirm:{news}"]
+        assert ledger.counts(run.id)["sent"] == 1 and ledger.run(run.id).status == "completed"
+
+        # -- follow the link -------------------------------------------------------------------
+        r = client.get(link.group(0))
+        assert r.status_code == 200 and "Subscription confirmed" in r.text
+        assert contacts.get_contact(ledger_url, person).lists[news] == "confirmed"
+
+        # -- appear in a segment ------------------------------------------------------------------
+        segment = f"news-readers-{tag}"
+        segments.create(engine, segment, f'in list "{news}" and email ends with "@example.com"')
+        counted = segments.count(engine, segment, sample=10)
+        assert person in counted.sample and colleague in counted.sample
+
+        # -- receive a campaign sent to the segment -------------------------------------------------
+        smtp.clear()
+        spec = write_spec(tmp_path / "to-segment", f"seg-{tag}", {"segment": segment}, serve.url)
+        send(spec, smtp, ledger_url)
+        received = {c.rcpt_tos[0]: parse(c.data) for c in smtp.messages}
+        assert set(received) == {person, colleague}
+        mine = received[person]
+        assert mine["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        (one_click,) = re.findall(r"<(http[^>]+)>", str(mine["List-Unsubscribe"]))
+        assert one_click.startswith(f"{serve.url}/u/")
+        preferences = re.search(re.escape(serve.url) + r"/p/[a-z2-7]+", text_of(mine))
+        assert preferences is not None
+        page = client.get(preferences.group(0))
+        assert page.status_code == 200 and news in page.text and offers in page.text
+
+        # -- unsubscribe with one click (RFC 8058) ----------------------------------------------
+        r = client.post(one_click, data={"List-Unsubscribe": "One-Click"})
+        assert r.status_code == 200 and news in r.text
+        assert contacts.get_contact(ledger_url, person).lists == {
+            news: "unsubscribed",  # left the list the segment is made of
+            offers: "confirmed",  # the second list: unchanged
+        }
+        with engine.connect() as conn:
+            from mailcast.ledger import audiences
+
+            kept = audiences.suppression_of(conn, person)
+        assert kept is None  # not suppressed for every campaign: only that list left
+
+        # -- the next campaign to that list skips them ------------------------------------------
+        smtp.clear()
+        spec = write_spec(tmp_path / "to-list", f"list-{tag}", {"list": news}, serve.url)
+        run_id = send(spec, smtp, ledger_url)
+        assert [c.rcpt_tos[0] for c in smtp.messages] == [colleague]
+        planned = {d["address"] for d in Ledger(ledger_url).deliveries(run_id)}
+        assert person not in planned or all(
+            d["status"] == "skipped"
+            for d in Ledger(ledger_url).deliveries(run_id)
+            if d["address"] == person
+        )
+        # ... while a campaign to the second list still reaches them
+        smtp.clear()
+        spec = write_spec(tmp_path / "to-offers", f"offers-{tag}", {"list": offers}, serve.url)
+        send(spec, smtp, ledger_url)
+        assert [c.rcpt_tos[0] for c in smtp.messages] == [person]
+        client.close()
 
 
 def chromium() -> str:
