@@ -268,7 +268,9 @@ def test_tracked_campaign_end_to_end(
 
     # -- the next run skips the unsubscribed address --------------------------------------------
     before = len(smtp_server.messages)
-    second = send_campaign(spec=load_spec(spec_path), dry_run=False, smtp_url=smtp_server.url)
+    second = send_campaign(
+        spec=load_spec(spec_path), dry_run=False, smtp_url=smtp_server.url, again=True
+    )
     assert second.counts["sent"] == 5 and second.counts["skipped"] == 1
     assert ("skipped", "suppressed:unsubscribed", 1) in second.reasons
     new = smtp_server.messages[before:]
