@@ -3,9 +3,11 @@ server on loopback, and one Prefect test harness per session."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,41 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Specs built from dicts in tests name their tmp_path as the campaign folder: as an operator
     # would, the suite configures it as a campaign root (tests of the default roots unset it).
     monkeypatch.setenv("MAILCAST_CAMPAIGN_ROOTS", str(tmp_path))
+
+
+# -- the suite runs on several worker processes (pytest-xdist, `-n 3` in pyproject.toml) -------
+# A test marked `serial` runs with no other test at the same time (its figures are timings, or it
+# restarts Postgres): a readers-writer lock over two files shared by the workers. Every test holds
+# RUNNING shared; a serial test holds it exclusive. A serial test takes GATE first and keeps it
+# while it waits, so new tests queue behind it instead of starving it.
+
+
+_LOCKS: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller (or a run without xdist) makes the folder; its workers inherit the variable.
+    if not hasattr(config, "workerinput"):
+        os.environ["PYTEST_MAILCAST_LOCKS"] = tempfile.mkdtemp(prefix="mailcast-test-locks-")
+    _LOCKS.append(Path(os.environ["PYTEST_MAILCAST_LOCKS"]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    folder = _LOCKS[0]
+    serial = item.get_closest_marker("serial") is not None
+    with (folder / "gate").open("a") as gate, (folder / "running").open("a") as running:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(running, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        finally:
+            if not serial:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(running, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 # -- the figures slow end-to-end tests print (chaos counts, soak counts) appear in CI's log ----

@@ -365,6 +365,7 @@ def test_report_unknown_format(dry_run: DryRun, tmp_path: Path) -> None:
 # -- speed: commands that run no flow never import Prefect ---------------------------------------
 
 
+@pytest.mark.serial  # a timing figure
 def test_validate_example_is_fast_and_prefect_free() -> None:
     exe = Path(sys.executable).with_name("mailcast")
     cmd = (

@@ -259,6 +259,7 @@ def test_slow_down_holds_back_every_thread_of_the_run(tmp_path: Path) -> None:
     assert other_chunk  # both threads went on afterwards
 
 
+@pytest.mark.serial  # a timing figure
 def test_retry_time_budget_makes_temporary_failures_final(tmp_path: Path) -> None:
     victim = "person1@example.com"
     rule = Rule("RCPT", reply="450 4.2.1 Mailbox busy", address=victim)
@@ -400,6 +401,7 @@ def test_a_lost_reply_to_data_is_unknown_and_resent_only_on_request(
     assert run.finish() == "completed"
 
 
+@pytest.mark.serial  # a timing figure
 def test_a_reply_that_never_comes_times_out(tmp_path: Path) -> None:
     dead, lost = "person3@example.com", "person4@example.com"
     rules = [

@@ -29,6 +29,8 @@ from mailcast.transport.factory import Target
 from tests import pg_private
 from tests.campaigns import people, write_campaign
 
+pytestmark = pytest.mark.serial  # timing figures (or a Postgres restart): alone
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

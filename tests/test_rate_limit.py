@@ -22,6 +22,8 @@ from mailcast.engine.pacing import Pacer
 from mailcast.spec import load_spec
 from tests.campaigns import people, write_campaign
 
+pytestmark = pytest.mark.serial  # timing figures (or a Postgres restart): alone
+
 
 class TimedHandler(CaptureHandler):
     """Records when each message was accepted (the end of DATA), on the monotonic clock."""

@@ -19,6 +19,8 @@ from mailcast.errors import TemplateError
 from mailcast.recipients import Recipient
 from mailcast.spec import spec_from_dict
 
+pytestmark = pytest.mark.serial  # timing figures (or a Postgres restart): alone
+
 COLUMNS = ["email", "notes"]
 SECONDS = 5.0
 PEAK_BYTES = 300 * 1024 * 1024

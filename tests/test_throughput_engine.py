@@ -25,6 +25,8 @@ from mailcast.transport.factory import Target
 from tests.campaigns import people, write_campaign
 from tests.ledger_rows import chunk_ranges
 
+pytestmark = pytest.mark.serial  # timing figures: alone
+
 FAST = {"retry_base_seconds": 0.05, "max_retry_seconds": 30}
 
 
