@@ -134,9 +134,9 @@ def _send_campaign(
             check_message_task(spec)  # sender, attachments: refused before the run is planned
             check_tracking_task(spec)  # the tracking secret, when the campaign is tracked
             if not target.dry_run:
+                check_transport_task(target, limit)
                 confirmed = again and deployment.id is None
                 check_repeat_task(database_url, spec, confirmed, run_id)
-                check_transport_task(target, limit)
             planned = prepare_task(database_url, spec, target, run_id)
             logger.info(
                 "run %s planned: %d recipients, %d to send (%s)",

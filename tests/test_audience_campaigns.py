@@ -212,3 +212,14 @@ def test_cli_sends_a_list_campaign_and_asks_before_sending_it_again(
     assert state.is_failed()
     assert "already sent to this audience" in str(state.message)
     assert len(smtp_server.messages) == 6
+
+
+def test_the_same_file_in_another_campaign_folder_is_another_source() -> None:
+    from mailcast.ledger.campaign_audience import same_source
+
+    a = {"base_dir": "/c/one", "recipients": {"path": "data.csv", "sql": None}}
+    assert same_source(a, {"base_dir": "/c/one/", "recipients": {"path": "./data.csv"}})
+    assert not same_source(a, {"base_dir": "/c/two", "recipients": {"path": "data.csv"}})
+    assert same_source({"recipients": {"list": "news", "segment": None}},
+                       {"recipients": {"list": "news"}})  # fmt: skip
+    assert not same_source({"recipients": {"list": "news"}}, {"recipients": {"segment": "news"}})

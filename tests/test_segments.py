@@ -418,3 +418,23 @@ def test_cli_segments_commands(db_url: str) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["False", "0"], proc.stdout + proc.stderr
+
+
+def test_postgres_serves_equality_and_is_set_from_the_gin_index(pg_url: str) -> None:
+    import json
+
+    from sqlalchemy import func
+
+    from mailcast.ledger import segments as sql
+
+    ledger = Ledger(pg_url)
+    with ledger.engine.connect() as conn:
+        for expression in ('city = "Paris"', "city is set", 'plan in ("pro", "team")'):
+            cond = sql.condition(conn, parse(expression))
+            compiled = select(func.count()).where(cond).compile(conn)
+            params = {k: json.dumps(v) if isinstance(v, dict) else v
+                      for k, v in compiled.params.items()}  # fmt: skip
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))
+            assert "ix_contacts_attributes" in plan, (expression, plan)
+            conn.rollback()

@@ -251,22 +251,21 @@ def send(
 def confirm_repeat(settings: Settings, campaign: Any) -> bool:
     """Whether the user confirmed sending again a campaign already sent to the same recipients
     (True: there was such a run and the user said yes). Asks on a terminal; elsewhere (a
-    script, a pipe) refuses with one line: ``--again`` sends anyway."""
+    script, a pipe) the flow refuses the run with one line, after the campaign's other checks
+    (``--again`` sends anyway)."""
     import sys
 
-    from mailcast.errors import RepeatError
     from mailcast.recipients.prepare import earlier_runs
 
+    if not sys.stdin.isatty():
+        return False
     earlier = earlier_runs(settings.ledger_url(), campaign)
     if not earlier:
         return False
     last = earlier[0]
-    said = f"already sent to this audience: run {last.id} of {last.created_at:%Y-%m-%d %H:%M}" + (
-        f" (and {len(earlier) - 1} more)" if len(earlier) > 1 else ""
-    )
-    if not sys.stdin.isatty():
-        raise RepeatError(said, where=f"campaign {campaign.name!r}")
-    out.print(f"{safe(campaign.name)}: {safe(said)}")
+    more = f" (and {len(earlier) - 1} more)" if len(earlier) > 1 else ""
+    said = f"already sent to this audience: run {last.id} of {last.created_at:%Y-%m-%d %H:%M}"
+    out.print(f"{safe(campaign.name)}: {safe(said + more)}")
     if not typer.confirm("Send it again to the same recipients?", default=False):
         raise typer.Exit(1)
     return True

@@ -11,6 +11,7 @@ whose rows are sent, in flight, unknown or still pending: a paused run would sen
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -100,10 +101,10 @@ class EarlierRun:
 
 
 def completed_runs_to(
-    engine: Engine, campaign: str, recipients: dict[str, Any], *, exclude: str | None = None
+    engine: Engine, campaign: str, spec: dict[str, Any], *, exclude: str | None = None
 ) -> list[EarlierRun]:
-    """Completed real runs of ``campaign`` whose recipients source was ``recipients`` (the
-    spec's ``recipients`` as JSON), newest first."""
+    """Completed real runs of ``campaign`` sent to the recipients source of ``spec`` (a
+    campaign spec as JSON: see ``same_source``), newest first."""
     query = (
         select(R.c.id, R.c.spec, R.c.created_at, R.c.finished_at)
         .join(K, K.c.id == R.c.campaign_id)
@@ -115,20 +116,29 @@ def completed_runs_to(
     return [
         EarlierRun(r.id, r.created_at, r.finished_at)
         for r in rows
-        if r.id != exclude
-        and isinstance(r.spec, dict)
-        and same_source(r.spec.get("recipients"), recipients)
+        if r.id != exclude and isinstance(r.spec, dict) and same_source(r.spec, spec)
     ]
 
 
-def same_source(a: Any, b: Any) -> bool:
-    """Two recipients sources alike, options left unset ignored (a run recorded before an
-    option existed compares equal)."""
+def source_of(spec: dict[str, Any]) -> Any:
+    """What identifies a spec's recipients source: its options (those left unset ignored, so a
+    run recorded before an option existed compares equal), a file by its path made absolute
+    against the campaign folder (``data.csv`` of two campaign folders are two sources)."""
+    recipients = spec.get("recipients")
+    if not isinstance(recipients, dict):
+        return recipients
+    found = {k: v for k, v in recipients.items() if v is not None}
+    path = found.get("path")
+    if isinstance(path, str):
+        base = spec.get("base_dir")
+        base = base if isinstance(base, str) else "."
+        found["path"] = os.path.abspath(os.path.join(os.path.expanduser(base), path))
+    return found
 
-    def clean(d: Any) -> Any:
-        return {k: v for k, v in d.items() if v is not None} if isinstance(d, dict) else d
 
-    return bool(clean(a) == clean(b))
+def same_source(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two campaign specs (as JSON) send to the same recipients source."""
+    return bool(source_of(a) == source_of(b))
 
 
 def list_of_run(engine: Engine, run_id: str) -> str | None:

@@ -95,9 +95,9 @@ def earlier_runs(database_url: str, spec: CampaignSpec, *, run_id: str | None = 
     twice to an address)."""
     if spec.allow_repeats or spec.once_per_contact:
         return []
-    recipients = spec.recipients.model_dump(mode="json")
     engine = Ledger(database_url).engine
-    return campaign_audience.completed_runs_to(engine, spec.name, recipients, exclude=run_id)
+    recorded = spec.model_dump(mode="json")  # as a run records it
+    return campaign_audience.completed_runs_to(engine, spec.name, recorded, exclude=run_id)
 
 
 def check_repeat(
