@@ -604,3 +604,32 @@ def test_messages_get_a_preferences_url() -> None:
         tokens.PREFERENCES, 42, None
     )
     assert Tracker(run_id="r", engine=None, secret=KEY).context(42) == {}
+
+
+def test_confirmation_runs_a_stopped_service_left_open_are_closed_when_it_starts(
+    env: None, ledger_url: str
+) -> None:
+    from datetime import timedelta
+
+    from mailcast.engagement.confirmation import CAMPAIGN_PREFIX
+    from mailcast.ledger.models import utcnow
+    from mailcast.web.tracking import create_app
+
+    ledger = Ledger(ledger_url)
+    runs = {}
+    for age in (3600, 5):  # one left by a stopped service, one being sent right now
+        run_id = ledger.create_run(
+            f"{CAMPAIGN_PREFIX}news-{uid()}", {}, dry_run=False, transport=None
+        )
+        address = f"g-{uid()}@example.com"
+        ledger.plan(run_id, [Recipient(1, address, {}, key=address)], ["email"])
+        ledger.set_run(run_id, status="sending", created_at=utcnow() - timedelta(seconds=age))
+        runs[age] = run_id
+    with TestClient(create_app(ledger_url)) as client:
+        assert client.get("/healthz").text == "ok"
+    old, fresh = runs[3600], runs[5]
+    assert ledger.run(old).status == "completed"
+    (row,) = list(ledger.deliveries(old))
+    assert row["status"] == "failed"
+    assert row["reason"] == "temporary failure: not sent: the service stopped while sending"
+    assert ledger.run(fresh).status == "sending"  # not this one: it may be on its way

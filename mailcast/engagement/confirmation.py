@@ -142,6 +142,31 @@ def confirm_url(
     return f"{setup.public_url}/s/{quote(list_name, safe='')}/confirm/{token}"
 
 
+def close_unfinished(ledger: Ledger, older_than: float = RESEND_AFTER_SECONDS) -> list[str]:
+    """Confirmation runs that a stopped ``mailcast serve`` left open (planning or sending,
+    older than ``older_than`` seconds) get their final statuses: rows never sent become
+    ``failed`` (``temporary failure: …``: ``mailcast retry RUN_ID --failed`` sends them), a row
+    whose message was on its way ``unknown``. ``mailcast serve`` calls it when it starts.
+    Returns the runs closed."""
+    from datetime import timedelta
+
+    from mailcast.engine.summary import finish_run
+    from mailcast.ledger.models import utcnow
+    from mailcast.ledger.subscriptions import fail_open_rows, unfinished_runs
+
+    closed = []
+    before = utcnow() - timedelta(seconds=older_than)
+    for run_id in unfinished_runs(ledger.engine, CAMPAIGN_PREFIX, before):
+        fail_open_rows(
+            ledger.engine, run_id, "temporary failure: not sent: the service stopped while sending"
+        )
+        finish_run(ledger, run_id)
+        closed.append(run_id)
+    if closed:
+        log.warning("closed %d confirmation run(s) a stopped service left open", len(closed))
+    return closed
+
+
 def recently_sent(ledger: Ledger, list_name: str, address_key: str) -> bool:
     """Whether a confirmation for this list went to the address in the last
     RESEND_AFTER_SECONDS."""

@@ -25,6 +25,7 @@ from mailcast.ledger.models import (
     MailingList,
     Membership,
     Run,
+    RunStatus,
     Suppression,
     utcnow,
 )
@@ -148,6 +149,23 @@ def confirmation_sent_since(
     )
     with engine.connect() as conn:
         return conn.execute(query).first() is not None
+
+
+def unfinished_runs(engine: Engine, campaign_prefix: str, before: datetime) -> list[str]:
+    """Runs of the campaigns named ``campaign_prefix…`` still planning or sending that were
+    created before ``before`` (their sender stopped)."""
+    query = (
+        select(R.c.id)
+        .join(C, C.c.id == R.c.campaign_id)
+        .where(
+            C.c.name.startswith(campaign_prefix, autoescape=True),
+            R.c.status.in_([RunStatus.PLANNING, RunStatus.SENDING]),
+            R.c.created_at < before,
+        )
+        .order_by(R.c.created_at)
+    )
+    with engine.connect() as conn:
+        return [str(r) for r in conn.execute(query).scalars().all()]
 
 
 def fail_open_rows(engine: Engine, run_id: str, reason: str) -> int:

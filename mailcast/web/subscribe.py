@@ -96,6 +96,15 @@ class SubscribeService:
             self.settings.subscribe_rate_per_minute, self.settings.subscribe_burst
         )
 
+    def close_unfinished(self) -> None:
+        """At start: close the confirmation runs a stopped service left open."""
+        from mailcast.engagement.confirmation import close_unfinished
+
+        try:
+            close_unfinished(self.ledger)
+        except Exception:
+            log.exception("cannot close the unfinished confirmation runs")
+
     # -- helpers ------------------------------------------------------------------------------
 
     def consent_text(self, list_name: str) -> str:

@@ -23,8 +23,10 @@ records nothing. The app never shows an address in full.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -206,7 +208,14 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
         *forms.routes(),
         *hooks.routes(service.engine),
     ]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # confirmation runs a stopped service left open get their final statuses
+        await run_in_threadpool(forms.close_unfinished)
+        yield
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     app.state.forms = forms
     return app
