@@ -308,6 +308,12 @@ def plan_copy(pg: str, rows: int, baseline_rows: int) -> dict[str, Any]:
     return measure(pg, rows=rows, baseline_rows=baseline_rows, repeat=1)
 
 
+def list_import(pg: str, rows: int, baseline_rows: int, workdir: Path) -> dict[str, Any]:
+    from bench.list_import import measure
+
+    return measure(pg, rows=rows, baseline_rows=baseline_rows, workdir=workdir)
+
+
 def median_of(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
     runs = [fn() for _ in range(repeat)]
     secs = statistics.median(r["seconds"] for r in runs)
@@ -324,6 +330,7 @@ NAMES = [
     "mailcast",
     "ingest",
     "plan-copy",
+    "list-import",
     "dkim-sign",
     "http-bare",
     "segment-count",
@@ -366,7 +373,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--connections", type=int, default=200, help="threads (per process)")
     ap.add_argument("--processes", type=int, default=3, help="raw-parallel")
-    ap.add_argument("--baseline-rows", type=int, default=20_000, help="plan-copy")
+    ap.add_argument("--baseline-rows", type=int, default=20_000, help="plan-copy, list-import")
     ap.add_argument("--repeat", type=int, default=3, help="segment-count: counts per segment")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mailcast-bench"))
     ap.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
@@ -396,6 +403,8 @@ def main() -> None:
         from bench.segment_count import measure
 
         result = measure(args.pg, n=args.n, repeat=args.repeat)
+    elif args.name == "list-import":
+        result = list_import(args.pg, args.n, args.baseline_rows, args.workdir)
     elif args.name == "http-bare":
         from bench.http_provider import bare
 

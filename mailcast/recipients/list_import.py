@@ -92,34 +92,33 @@ def _staged(
     check: RowChecker,
     email_column: str,
     name_column: str | None,
+    attribute_names: Sequence[str],
     report: ImportReport,
     progress: Callable[[int], None] | None,
 ) -> Iterator[StagedRow]:
     """Validate and dedupe the rows as they pass (the campaigns' rules); the valid ones become
-    staged contacts, the others go into the report."""
+    staged contacts (their attribute values in ``attribute_names`` order, None when empty),
+    the others go into the report."""
     first: dict[str, int] = {}
-    skip = {email_column, name_column}
+    reported = report.rows
     n = 0
     for r in rows:
         n += 1
         if progress is not None and n % PROGRESS_EVERY == 0:
             progress(n)
         check(r)
-        if r.reason is None:
-            key = r.key
-            assert key is not None
-            seen = first.get(key)
-            if seen is None:
-                first[key] = r.row
-            else:
+        key = r.key
+        if r.reason is None and key is not None:
+            seen = first.setdefault(key, r.row)
+            if seen != r.row:
                 r.reason = f"duplicate of row {seen}"
-        if r.reason is not None:
-            report.rows.append((r.row, str(r.address or ""), r.reason))
+        if r.reason is not None or key is None:
+            reported.append((r.row, str(r.address or ""), r.reason or "invalid address"))
             continue
         fields = r.fields
-        name = str(fields.get(name_column) or "").strip() or None if name_column else None
-        attributes = {k: v for k, v in fields.items() if k not in skip and v not in ("", None)}
-        yield StagedRow(r.row, r.address, r.key or "", name, attributes)
+        name = (fields.get(name_column) or None) if name_column else None
+        values = [fields.get(k) or None for k in attribute_names]
+        yield (r.row, r.address, key, name, *values)
     report.read = n
     if progress is not None:
         progress(n)
@@ -172,19 +171,22 @@ def import_list(
             lst = _list(conn, list_name)
             with open_recipients(source, base_dir) as stream:
                 check = RowChecker(stream.columns, required=source.required_columns)
+                skip = (source.email_column, source.name_column)
+                names = [c for c in stream.columns if c not in skip]
                 report = ImportReport(
                     list_name=list_name,
                     source=stream.source,
                     attributes=attributes,
                     dry_run=dry_run,
                 )
-                where = target_for(lst, status, attributes, stream.source, consent_text)
+                where = target_for(lst, status, attributes, stream.source, consent_text, names)
                 with gc_paused():
                     staged = _staged(
                         iter(stream),
                         check,
                         source.email_column,
                         source.name_column,
+                        names,
                         report,
                         progress,
                     )
@@ -202,9 +204,15 @@ def import_list(
 
 
 def target_for(
-    lst: Any, status: str | None, attributes: str, source: str, consent_text: str | None
+    lst: Any,
+    status: str | None,
+    attributes: str,
+    source: str,
+    consent_text: str | None,
+    attribute_names: Sequence[str],
 ) -> Target:
     return Target(
+        attribute_names=tuple(attribute_names),
         list_id=lst["id"],
         status=status or initial_status(lst["optin"]).value,
         replace=attributes == "replace",

@@ -198,6 +198,7 @@ def export_members(
 
     if fmt not in EXPORT_FORMATS:
         raise AudienceError(f"unknown format {fmt!r}", where="--format", hint="csv or json")
+    get_list(target, name)  # an unknown list fails before anything is written
     rows = members(target, name, status=status)
     n = 0
     if fmt == "json":
