@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
 from mailcast.cli import app
+from mailcast.errors import AudienceError
 from mailcast.ledger.audiences import CR, ER, D, E, address_hash
 from mailcast.ledger.events import record_event
 from mailcast.ledger.store import Ledger
@@ -415,3 +418,34 @@ def test_contacts_commands_do_not_import_prefect(tmp_path: Path) -> None:
             check=True,
         )
         assert "prefect" not in result.stderr
+
+
+def test_import_progress_is_reported_as_rows_are_read(db_url: str, tmp_path: Path) -> None:
+    from mailcast.recipients import lists
+    from mailcast.recipients.list_import import PROGRESS_EVERY, import_list
+    from mailcast.spec import RecipientSource
+
+    name = unique("prog-")
+    lists.create_list(Ledger(db_url), name)
+    tag = unique("")
+    rows = [["email"], *([f"p{i}-{tag}@example.com"] for i in range(PROGRESS_EVERY + 5))]
+    data = write_csv(tmp_path / "p.csv", rows)
+    seen: list[int] = []
+    report = import_list(
+        Ledger(db_url), name, RecipientSource(path=str(data)), progress=seen.append
+    )
+    assert seen == [PROGRESS_EVERY, PROGRESS_EVERY + 5]
+    assert report.new == report.joined == PROGRESS_EVERY + 5
+
+
+@given(
+    key=st.text(min_size=1, max_size=20).filter(lambda k: "=" not in k and k.strip() == k != ""),
+    value=st.text(max_size=30),
+)
+def test_attribute_options_parse_key_value_pairs(key: str, value: str) -> None:
+    from mailcast.cli.contacts import parse_attributes
+
+    assert parse_attributes([f"{key}={value}"], None) == {key: value}
+    assert parse_attributes(None, json.dumps({key: value})) == {key: value}
+    with pytest.raises(AudienceError):
+        parse_attributes([key], None)
