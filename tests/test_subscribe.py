@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import html
 import re
 import time
 import uuid
@@ -633,3 +634,43 @@ def test_confirmation_runs_a_stopped_service_left_open_are_closed_when_it_starts
     assert row["status"] == "failed"
     assert row["reason"] == "temporary failure: not sent: the service stopped while sending"
     assert ledger.run(fresh).status == "sending"  # not this one: it may be on its way
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    typed=st.text(
+        alphabet=st.sampled_from([*"<>\"'&/= abcxyz@.;:()", "\u00e9", "\u202e"]),
+        min_size=1,
+        max_size=40,
+    ).filter(lambda t: "<" in t or '"' in t or "&" in t)
+)
+def test_nothing_typed_comes_back_unescaped(
+    escape_client: tuple[TestClient, str], typed: str
+) -> None:
+    client, name = escape_client
+    r = post(client, name, email=f"{typed}@@example.com", name=typed)
+    assert r.status_code == 400
+    # what was typed comes back only as the inputs' values, every <, >, ", ' and & an entity
+    shown = re.search(r'id="name" name="name"[^>]*\n value="([^"]*)">', r.text)
+    assert shown is not None and shown.group(1) == html.escape(typed.strip(), quote=True)
+    shown = re.search(r'id="email" name="email"[^>]*\n value="([^"]*)">', r.text)
+    assert shown is not None
+    assert shown.group(1) == html.escape(f"{typed}@@example.com".strip(), quote=True)
+
+
+@pytest.fixture(scope="module")
+def escape_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    from mailcast.web.tracking import create_app
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('escape') / 'ledger.sqlite3'}"
+    Ledger(url)
+    make_list(url, "escaping")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAILCAST_TRACKING_SECRET", SECRET)
+    mp.setenv("MAILCAST_SUBSCRIBE_CHALLENGE_BITS", str(BITS))
+    mp.setenv("MAILCAST_SUBSCRIBE_RATE_PER_MINUTE", "0")
+    try:
+        with TestClient(create_app(url)) as client:
+            yield client, "escaping"
+    finally:
+        mp.undo()
