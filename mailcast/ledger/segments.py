@@ -205,18 +205,15 @@ class _Compiler:
         if isinstance(node, ast.TextMatch):
             return and_(kind.in_(["string", "number"]), self.text_match(func.lower(text), node))
         if isinstance(node, ast.OneOf):
-            return or_(*(self.pg_equal(doc, kind, text, key, v) for v in node.values))
+            return or_(*(self.pg_equal(doc, value, kind, text, key, v) for v in node.values))
         assert isinstance(node, ast.Compare)
         if node.op == "=":
-            return self.pg_equal(doc, kind, text, key, node.value)
+            return self.pg_equal(doc, value, kind, text, key, node.value)
         if node.op == "!=":
-            return not_(self.pg_equal(doc, kind, text, key, node.value))
+            return not_(self.pg_equal(doc, value, kind, text, key, node.value))
         v = node.value
         if isinstance(v, Decimal):
-            number = case(
-                (kind == "number", text.cast(Numeric)),
-                (and_(kind == "string", text.regexp_match(_PG_NUMERIC)), text.cast(Numeric)),
-            )
+            number = self.pg_number(value, kind, text)
             cond = number.operate(_op(node.op), bindparam(None, v, type_=Numeric))
             return func.coalesce(cond, false())
         if isinstance(v, bool):  # true > false, as JSON booleans (and "true"/"false" strings)
@@ -230,6 +227,13 @@ class _Compiler:
         return func.coalesce(cond, false())
 
     @staticmethod
+    def pg_number(value: Any, kind: Any, text: Any) -> Any:
+        """The value as numeric: a JSON number, or a string that looks like one (checked before
+        the cast: never an SQL error); else NULL. The type is read once (a simple CASE)."""
+        looks = case((text.regexp_match(_PG_NUMERIC), text.cast(Numeric)))
+        return case({"number": value.cast(Numeric), "string": looks}, value=kind)
+
+    @staticmethod
     def pg_flag(kind: Any, text: Any) -> Any:
         """1 for true, 0 for false (JSON booleans, or the strings "true"/"false"), else NULL."""
         lowered = func.lower(text)
@@ -240,14 +244,11 @@ class _Compiler:
             (and_(kind == "string", lowered == "false"), 0),
         )
 
-    def pg_equal(self, doc: Any, kind: Any, text: Any, key: str, v: ast.Value) -> Any:
+    def pg_equal(self, doc: Any, value: Any, kind: Any, text: Any, key: str, v: ast.Value) -> Any:
         if isinstance(v, bool):
             return func.coalesce(self.pg_flag(kind, text) == int(v), false())
         if isinstance(v, Decimal):
-            number = case(
-                (kind == "number", text.cast(Numeric)),
-                (and_(kind == "string", text.regexp_match(_PG_NUMERIC)), text.cast(Numeric)),
-            )
+            number = self.pg_number(value, kind, text)
             return func.coalesce(number == bindparam(None, v, type_=Numeric), false())
         # the GIN index serves @>
         return doc.contains(bindparam(None, {key: v}, type_=JSONB))
