@@ -327,8 +327,8 @@ class CampaignSpec(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="A key for recurring campaigns (with `once_per_contact`): an address never"
-        " receives the same key twice, across runs",
+        description="A key for recurring campaigns: every real run records the addresses it"
+        " sent the key to; with `once_per_contact` an address never receives it twice",
     )
     once_per_contact: bool = Field(
         default=False,

@@ -223,3 +223,19 @@ def test_the_same_file_in_another_campaign_folder_is_another_source() -> None:
     assert same_source({"recipients": {"list": "news", "segment": None}},
                        {"recipients": {"list": "news"}})  # fmt: skip
     assert not same_source({"recipients": {"list": "news"}}, {"recipients": {"segment": "news"}})
+
+
+def test_a_key_without_once_per_contact_is_recorded_and_respected_later(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    ledger, t = world["ledger"], world["t"]
+    key = f"spring-{t}"
+    plain = _spec(tmp_path, f"p-{t}", {"list": world["list"]}, key=key, allow_repeats=True)
+    run_id = prepare_run(world["url"], plain, REAL).run_id
+    _send_all(ledger, run_id)
+    finish_run(ledger, run_id)
+    with ledger.engine.connect() as conn:
+        recorded = set(conn.execute(select(CST.c.address_key).where(CST.c.key == key)).scalars())
+    assert recorded == {f"ann@{t}.example", f"bob@{t}.example"}
+    once = _spec(tmp_path, f"o-{t}", {"list": world["list"]}, key=key, once_per_contact=True)
+    assert prepare_run(world["url"], once, REAL).to_send == 0

@@ -101,7 +101,8 @@ def summarize_run(ledger: Ledger, run_id: str) -> RunSummary:
 
 def finish_run(ledger: Ledger, run_id: str) -> RunSummary:
     """Close the run: completed when no row is left open, else paused (resume continues). A
-    ``once_per_contact`` run records the addresses it sent its key to (``contact_sends``)."""
+    real run of a campaign with a ``key`` records the addresses it sent it to
+    (``contact_sends``)."""
     from mailcast.ledger.campaign_audience import record_sends
     from mailcast.ledger.models import utcnow
 

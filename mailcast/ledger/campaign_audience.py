@@ -2,7 +2,7 @@
 (``once_per_contact``), the earlier runs that sent a campaign to the same recipients source
 (``allow_repeats``), and the list a run was sent to (one-click unsubscribes of list campaigns).
 
-``contact_sends`` is filled at the end of every run of a ``once_per_contact`` campaign, set-based
+``contact_sends`` is filled at the end of every real run of a campaign with a ``key``, set-based
 from its sent deliveries (``record_sends``). That is crash-safe without a write per message:
 until a run's end has recorded them, its deliveries are the record, and ``already_sent`` reads
 both (the addresses in ``contact_sends`` for the key, and those of other real runs of the key
@@ -41,16 +41,13 @@ _HELD = (SENT, SENDING, UNKNOWN, PENDING)
 
 
 def _key_runs(engine: Engine, key: str, *, exclude: str | None = None) -> list[str]:
-    """Real runs of campaigns whose spec has ``key`` and ``once_per_contact``."""
+    """Real runs of campaigns whose spec has ``key`` (with or without ``once_per_contact``: an
+    address that received the key received it)."""
     query = select(R.c.id, R.c.spec).where(R.c.dry_run == False)  # noqa: E712
     query = query.where(R.c.spec["key"].as_string() == key)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return [
-        run_id
-        for run_id, spec in rows
-        if run_id != exclude and isinstance(spec, dict) and spec.get("once_per_contact")
-    ]
+    return [run_id for run_id, spec in rows if run_id != exclude and isinstance(spec, dict)]
 
 
 def already_sent(engine: Engine, key: str, *, exclude_run: str | None = None) -> set[str]:
@@ -71,15 +68,15 @@ def already_sent(engine: Engine, key: str, *, exclude_run: str | None = None) ->
 
 
 def record_sends(engine: Engine, run_id: str) -> int:
-    """Record (key, address) for every sent row of run ``run_id`` of a ``once_per_contact``
-    campaign (a real run); one INSERT … SELECT, addresses recorded before are kept. Returns how
-    many were new."""
+    """Record (key, address) for every sent row of run ``run_id`` of a campaign with a ``key``
+    (a real run); one INSERT … SELECT, addresses recorded before are kept. Returns how many were
+    new."""
     with engine.begin() as conn:
         row = conn.execute(select(R.c.spec, R.c.dry_run).where(R.c.id == run_id)).first()
         if row is None or row.dry_run or not isinstance(row.spec, dict):
             return 0
         key = row.spec.get("key")
-        if not key or not row.spec.get("once_per_contact"):
+        if not key:
             return 0
         picked = select(
             literal(str(key)).label("key"),
