@@ -167,7 +167,11 @@ def test_a_repeat_is_refused_unless_confirmed_or_allowed(
 
 @pytest.mark.slow
 def test_cli_sends_a_list_campaign_and_asks_before_sending_it_again(
-    tmp_path: Path, prefect_harness: None, pg_url: str, smtp_server: Any
+    tmp_path: Path,
+    prefect_harness: None,
+    pg_url: str,
+    smtp_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from typer.testing import CliRunner
 
@@ -193,22 +197,27 @@ def test_cli_sends_a_list_campaign_and_asks_before_sending_it_again(
     assert again.exit_code == 2
     assert "already sent to this audience" in again.stderr and "--again" in again.stderr
     assert len(smtp_server.messages) == 3
+    # on a terminal the command asks; "no" stops before anything is sent
+    from mailcast.cli import campaigns
+
+    monkeypatch.setattr(campaigns, "interactive", lambda: True)
+    declined = CliRunner().invoke(app, argv, input="n\n")
+    assert declined.exit_code == 1, declined.output
+    assert "already sent to this audience" in declined.stdout
+    assert "Send it again to the same recipients?" in declined.output
+    assert len(smtp_server.messages) == 3
+    monkeypatch.setattr(campaigns, "interactive", lambda: False)
     forced = CliRunner().invoke(app, [*argv, "--again"])
     assert forced.exit_code == 0, forced.output
     assert len(smtp_server.messages) == 6
     # the flow itself (as a deployment would run it) refuses without allow_repeats
-    import os
-
     from mailcast.orchestration import get_flow
     from mailcast.spec import load_spec
 
-    os.environ["MAILCAST_DATABASE_URL"] = pg_url
-    try:
-        state = get_flow("send-campaign")(
-            spec=load_spec(spec), dry_run=False, smtp_url=smtp_server.url, return_state=True
-        )
-    finally:
-        del os.environ["MAILCAST_DATABASE_URL"]
+    monkeypatch.setenv("MAILCAST_DATABASE_URL", pg_url)
+    state = get_flow("send-campaign")(
+        spec=load_spec(spec), dry_run=False, smtp_url=smtp_server.url, return_state=True
+    )
     assert state.is_failed()
     assert "already sent to this audience" in str(state.message)
     assert len(smtp_server.messages) == 6

@@ -248,16 +248,21 @@ def send(
     )
 
 
+def interactive() -> bool:
+    """Whether a person answers on this terminal (stdin is one)."""
+    import sys
+
+    return sys.stdin.isatty()
+
+
 def confirm_repeat(settings: Settings, campaign: Any) -> bool:
     """Whether the user confirmed sending again a campaign already sent to the same recipients
     (True: there was such a run and the user said yes). Asks on a terminal; elsewhere (a
     script, a pipe) the flow refuses the run with one line, after the campaign's other checks
     (``--again`` sends anyway)."""
-    import sys
-
     from mailcast.recipients.prepare import earlier_runs
 
-    if not sys.stdin.isatty():
+    if not interactive():
         return False
     earlier = earlier_runs(settings.ledger_url(), campaign)
     if not earlier:
