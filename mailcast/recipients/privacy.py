@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from mailcast.errors import AudienceError
 from mailcast.ledger import audiences as sql
 from mailcast.ledger.models import ConsentAction, ConsentMethod, utcnow
 from mailcast.recipients.contacts import _method, normalize_address, transaction
@@ -33,7 +34,7 @@ _DEVICE_KEYS = ("user_agent", "ip", "remote_addr", "client_ip")
 def _key(address: str) -> str:
     try:
         return normalize_address(address)[1]
-    except Exception:
+    except AudienceError:  # look up what is stored, even an address validation refuses
         return (address or "").strip().lower()
 
 
