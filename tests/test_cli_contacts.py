@@ -449,3 +449,19 @@ def test_attribute_options_parse_key_value_pairs(key: str, value: str) -> None:
     assert parse_attributes(None, json.dumps({key: value})) == {key: value}
     with pytest.raises(AudienceError):
         parse_attributes([key], None)
+
+
+def test_import_many_and_hostile_attribute_names(db_url: str, tmp_path: Path) -> None:
+    """60 attribute columns (more than one jsonb_build_object call takes) with names that are
+    not identifiers: every one arrives as an attribute, none is SQL."""
+    name = unique("wide-")
+    ok(db_url, "lists", "create", name)
+    hostile = ['x"); DROP TABLE contacts; --', "a'b", "Prénom", "with space", "1st"]
+    columns = ["email", *hostile, *(f"c{i}" for i in range(55))]
+    addr = f"{unique('w')}@example.com"
+    values = [addr, *(f"v{i}" for i in range(len(columns) - 1))]
+    data = write_csv(tmp_path / "wide.csv", [columns, values])
+    assert as_json(db_url, "lists", "import", name, data)["new"] == 1
+    attributes = contacts.get_contact(Ledger(db_url), addr).attributes
+    assert attributes == dict(zip(columns[1:], values[1:], strict=True))
+    assert as_json(db_url, "lists", "import", name, data)["unchanged"] == 1
