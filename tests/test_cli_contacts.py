@@ -92,6 +92,8 @@ def test_contact_commands(db_url: str) -> None:
     assert blocked["status"] == "blocklisted"
     unsubscribed = as_json(db_url, "contacts", "edit", key, "--unblocklist", "--unsubscribe", news)
     assert unsubscribed["status"] == "enabled" and unsubscribed["lists"] == {news: "unsubscribed"}
+    assert as_json(db_url, "contacts", "edit", key, "--remove-from", news)["lists"] == {}
+    ok(db_url, "contacts", "edit", key, "--subscribe", news, "--status", "unsubscribed")
 
     found = as_json(db_url, "contacts", "search", addr.split("@")[0].upper())
     assert [c["address"] for c in found] == [added["address"]]

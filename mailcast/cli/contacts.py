@@ -137,6 +137,13 @@ def contacts_edit(
         list[str] | None,
         typer.Option("--unsubscribe", help="Unsubscribe from this list (repeat)"),
     ] = None,
+    remove_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--remove-from",
+            help="Take off this list (the membership is deleted; a later import may add it)",
+        ),
+    ] = None,
     status: Annotated[
         str | None, typer.Option(help="With --subscribe: the membership status to set")
     ] = None,
@@ -169,7 +176,9 @@ def contacts_edit(
         contacts.add_member(ledger, current, list_name, status=status, method=CLI, source=CLI)
     for list_name in unsubscribe or []:
         contacts.unsubscribe(ledger, current, list_name, method=CLI, source=CLI)
-    if subscribe or unsubscribe:
+    for list_name in remove_from or []:
+        contacts.remove_member(ledger, current, list_name, method=CLI, source=CLI)
+    if subscribe or unsubscribe or remove_from:
         info = contacts.get_contact(ledger, current)
     if as_json:
         emit_json(info.as_json())
