@@ -68,6 +68,9 @@ def write_campaign(
         "recipients": {"path": data_file or "data/recipients.csv"},
         "chunk_size": 250,
         "connections": 4,
+        # Tests send a campaign again on purpose (a resume, a second transport, a fault): the
+        # repeat guard has its own tests (test_audience_campaigns.py), which leave this out.
+        "allow_repeats": True,
     }
     if attachments:
         (folder / "files").mkdir(exist_ok=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from mailcast.cli.common import (
@@ -18,6 +17,7 @@ from mailcast.cli.common import (
     guarded,
     open_ledger,
     out,
+    print_table,
     safe,
     settings_for,
     tracking_line,
@@ -110,7 +110,7 @@ def validate(
         grid = Table("row", "address", "reason", box=None, pad_edge=False)
         for r in rejected[:show]:
             grid.add_row(str(r.row), safe(r.address), safe(r.reason or ""))
-        out.print(grid)
+        print_table(grid)
         if len(rejected) > show:
             out.print(f"  … and {len(rejected) - show} more (--show N)")
     out.print(f"[dim]checked in {time.monotonic() - started:.1f}s[/]")
@@ -367,8 +367,7 @@ def runs(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many run
             str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]), r.created_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
     # A pipe or file gets the whole table, not one squeezed to rich's default 80 columns.
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
-    (out if out.is_terminal else wide).print(grid)
+    print_table(grid)
     out.print(f"[dim]ledger: {safe(ledger.where)}[/]")
 
 

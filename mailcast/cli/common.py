@@ -47,6 +47,16 @@ def _root(
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
+
+def print_table(grid: Any) -> None:
+    """A table on ``out``: squeezed to the terminal's width on a terminal; whole (never cut to
+    rich's default 80 columns) for a pipe or a file."""
+    if out.is_terminal:
+        out.print(grid)
+    else:
+        Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False).print(grid)
+
+
 # C0/C1 controls (ESC starts terminal sequences), DEL, line/paragraph separators, bidi overrides
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from mailcast.cli.common import DbOpt, err, guarded, open_ledger, out, safe, settings_for
+from mailcast.cli.common import (
+    DbOpt,
+    err,
+    guarded,
+    open_ledger,
+    out,
+    print_table,
+    safe,
+    settings_for,
+)
 from mailcast.errors import AudienceError
 
 contacts_app = typer.Typer(
@@ -235,7 +244,6 @@ def contacts_search(
     db: DbOpt = None,
 ) -> None:
     """Find contacts by address or name, list, status or attribute values."""
-    from rich.console import Console
     from rich.table import Table
 
     from mailcast.recipients import contacts
@@ -258,8 +266,7 @@ def contacts_search(
     for c in found:
         lists = ", ".join(f"{n} ({s})" for n, s in sorted(c.lists.items()))
         grid.add_row(safe(c.address), safe(c.name or ""), safe(c.status), safe(lists))
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
-    (out if out.is_terminal else wide).print(grid)
+    print_table(grid)
     more = " (--limit to see more)" if limit and len(found) == limit else ""
     out.print(f"[dim]{len(found)} contact(s){more}[/]")
 

@@ -9,10 +9,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mailcast.cli.common import DbOpt, guarded, open_ledger, out, safe, settings_for
+from mailcast.cli.common import DbOpt, guarded, open_ledger, out, print_table, safe, settings_for
 
 segments_app = typer.Typer(
     help="Segments: saved filters over contacts (attributes, lists, engagement).",
@@ -155,6 +154,5 @@ def list_(as_json: JsonOpt = False, db: DbOpt = None) -> None:
     grid = Table("segment", "expression", "description", box=None, pad_edge=False)
     for s in found:
         grid.add_row(safe(s.name), safe(s.expression), safe(s.description or ""))
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
-    (out if out.is_terminal else wide).print(grid)
+    print_table(grid)
     out.print(f"[dim]{len(found)} segment(s)[/]")

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mailcast.cli.common import DbOpt, guarded, open_ledger, out, safe, settings_for
+from mailcast.cli.common import DbOpt, guarded, open_ledger, out, print_table, safe, settings_for
 from mailcast.errors import SpecError
 
 suppress_app = typer.Typer(
@@ -70,8 +69,7 @@ def suppress_list(
             safe(e.source or ""),
             e.created_at.strftime("%Y-%m-%d %H:%M"),
         )
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=1000, emoji=False)
-    (out if out.is_terminal else wide).print(grid)
+    print_table(grid)
     counts = suppression.counts(ledger.engine)
     total = sum(counts.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
