@@ -799,14 +799,19 @@ class Ledger:
         A journaled sender's rows without a journal here are all ``unknown``. ``busy``: claim
         tokens of senders still at work (their journals are locked): their rows are theirs.
         Returns how many rows became unknown."""
-        sending = [D.c.run_id == run_id, D.c.status == SENDING]
+        held = [D.c.run_id == run_id, D.c.status == SENDING]
+        sending = list(held)
         if busy := list(busy):
             sending.append(func.coalesce(D.c.claim_token, "").not_in(busy))
         unknown = 0
         with self.engine.begin() as conn:
             for token, (accepted, in_doubt) in (journals or {}).items():
+                if token in busy:  # a live sender's rows are its own
+                    continue
+                # one token's rows (no expanding NOT IN: its executemany of accepted rows
+                # cannot take one)
                 unknown += self._settle_journaled(
-                    conn, [*sending, D.c.claim_token == token], accepted, in_doubt
+                    conn, [*held, D.c.claim_token == token], accepted, in_doubt
                 )
             reserved = [
                 *sending,
