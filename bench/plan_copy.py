@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import create_engine, insert, text
 
 from mailcast.ledger.models import utcnow
-from mailcast.ledger.store import D, Ledger, _plan_rows
+from mailcast.ledger.store import PLAN_COLUMNS, D, Ledger, _delivery_rows
 from mailcast.recipients import Recipient
 
 
@@ -47,6 +47,13 @@ def time_copy(ledger: Ledger, rows: list[Recipient]) -> float:
     t = time.perf_counter()
     ledger.plan(run_id, rows)
     return time.perf_counter() - t
+
+
+def _plan_rows(run_id: str, rows: list[Recipient], now: Any) -> list[dict[str, Any]]:
+    """The delivery rows mailcast plans, as column → value (for plain INSERTs)."""
+    return [
+        dict(zip(PLAN_COLUMNS, values, strict=True)) for values in _delivery_rows(run_id, rows, now)
+    ]
 
 
 def time_row_by_row(ledger: Ledger, rows: list[Recipient]) -> float:
