@@ -264,6 +264,22 @@ class CampaignSpec(BaseModel):
         ge=0,
         description="Pause the run after this many recipients in a row failed (0: never)",
     )
+    max_hard_bounce_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Pause the run when hard bounces (permanent refusals of the recipient) are"
+        " more than this share of the last 1,000 attempts of a sending process, judged once it"
+        " made 200 (0: never). A list that bounces this much harms the sender's reputation",
+    )
+    max_complaint_rate: float = Field(
+        default=0.003,
+        ge=0,
+        le=1,
+        description="Pause the run when spam complaints recorded for it (feedback loops,"
+        " provider webhooks) are more than this share of its messages sent, checked every 30 s"
+        " once 1,000 were sent (0: never)",
+    )
     crash_window: Literal["message", "ledger", "batch"] = Field(
         default="message",
         description="What a crash of the sender may leave in doubt (unknown) per connection:"

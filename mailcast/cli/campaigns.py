@@ -276,13 +276,24 @@ def confirm_repeat(settings: Settings, campaign: Any) -> bool:
     return True
 
 
-def _continue(run_id: str, db: str | None, chosen: dict[str, str | None], **flags: Any) -> None:
+def _continue(
+    run_id: str,
+    db: str | None,
+    chosen: dict[str, str | None],
+    changes: dict[str, Any] | None = None,
+    **flags: Any,
+) -> None:
     from mailcast.spec import CampaignSpec
     from mailcast.transport.factory import Target
 
     settings = settings_for(db)
     ledger = open_ledger(settings, create=False)
     run = ledger.run(run_id)
+    if changes:  # the operator's decision, kept for later resumes
+        ledger.update_run_spec(run.id, changes)
+        run = ledger.run(run.id)
+        said = ", ".join(f"{k} {v:g}" for k, v in changes.items())
+        out.print(f"run {safe(run.id)}: {safe(said)}")
     spec = CampaignSpec.model_validate(run.spec)
     dry = run.dry_run
     recorded = Target.from_record(run.transport)  # where the run sent: no password in it
@@ -317,11 +328,26 @@ def resume(
     transport: TransportOpt = None,
     transport_block: TransportBlockOpt = None,
     db: DbOpt = None,
+    max_hard_bounce_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0, max=1, help="A new hard-bounce limit for the run (it paused itself on one)"
+        ),
+    ] = None,
+    max_complaint_rate: Annotated[
+        float | None,
+        typer.Option(min=0, max=1, help="A new complaint-rate limit for the run"),
+    ] = None,
 ) -> None:
     """Continue an interrupted run: sends only to rows not yet sent."""
     chosen = {"smtp": smtp, "smtp_block": smtp_block, "transport": transport}
     chosen["transport_block"] = transport_block
-    _continue(run_id, db, chosen, resend_unknown=resend_unknown)
+    limits = {
+        "max_hard_bounce_rate": max_hard_bounce_rate,
+        "max_complaint_rate": max_complaint_rate,
+    }
+    changes = {k: v for k, v in limits.items() if v is not None}
+    _continue(run_id, db, chosen, resend_unknown=resend_unknown, changes=changes)
 
 
 @app.command()

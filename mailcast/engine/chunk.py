@@ -9,6 +9,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from mailcast.compose.composer import Composer
@@ -131,6 +132,8 @@ def send_chunk(
     process (``rate_limit``)."""
     ledger, composer = run_parts(spec, run_id, database_url)
     control = control if control is not None else RunControl.for_spec(spec)
+    if control.complaint_counts is None and control.max_complaint_rate and not target.dry_run:
+        control.complaint_counts = partial(ledger.complaint_counts, run_id)
     if pacer is None:
         pacer = run_pacer(run_id, spec.rate_limit)
     work = ChunkWork(ledger.pending_ids(run_id, bounds[0], bounds[1]))

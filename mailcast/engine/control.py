@@ -7,7 +7,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -17,6 +18,10 @@ from mailcast.spec import CampaignSpec
 log = logging.getLogger("mailcast.send")
 
 THROTTLE_CODES = SMTP_THROTTLE_CODES  # "slow down": the whole run backs off
+BOUNCE_WINDOW = 1000  # the hard-bounce rate is over a process's last 1,000 attempts …
+BOUNCE_SAMPLE = 200  # … judged once it made this many
+COMPLAINT_SAMPLE = 1000  # the complaint rate is judged once this many were sent
+COMPLAINT_EVERY = 30.0  # seconds between two looks at the run's complaints
 MAX_BACKOFF_DOUBLINGS = 6  # a backoff grows to at most 64 × the base
 
 
@@ -43,10 +48,19 @@ class RunControl:
         retry_base: float = 1.0,
         max_retry_seconds: float = 600.0,
         pause_after_failures: int = 50,
+        max_hard_bounce_rate: float = 0.0,
+        max_complaint_rate: float = 0.0,
     ) -> None:
         self.retry_base = retry_base
         self.max_retry_seconds = max_retry_seconds
         self.pause_after_failures = pause_after_failures
+        self.max_hard_bounce_rate = max_hard_bounce_rate
+        self.max_complaint_rate = max_complaint_rate
+        self._attempts: deque[bool] = deque(maxlen=BOUNCE_WINDOW)  # True: a hard bounce
+        self._bounces = 0  # hard bounces in ``_attempts``
+        # (complaints, sent) of the run, from the ledger: set by the chunk that sends
+        self.complaint_counts: Callable[[], tuple[int, int]] | None = None
+        self._complaints_looked = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_error: MailcastError | None = None
@@ -64,6 +78,8 @@ class RunControl:
             retry_base=spec.retry_base_seconds,
             max_retry_seconds=spec.max_retry_seconds,
             pause_after_failures=spec.pause_after_failures,
+            max_hard_bounce_rate=spec.max_hard_bounce_rate,
+            max_complaint_rate=spec.max_complaint_rate,
         )
 
     # -- stopping ------------------------------------------------------------------------------
@@ -103,11 +119,63 @@ class RunControl:
 
     # -- consecutive failures --------------------------------------------------------------------
 
-    def succeeded(self) -> None:
+    def succeeded(self, run_id: str = "") -> None:
         with self._lock:
             self._consecutive = 0
             if self._level:
                 self._level -= 1
+        self.attempted(hard_bounce=False, run_id=run_id)
+
+    # -- the sender's reputation: hard-bounce and complaint rates ---------------------------------
+
+    def attempted(self, *, hard_bounce: bool, where: str | None = None, run_id: str = "") -> None:
+        """A message ended accepted or refused for good; pause the run when the hard bounces
+        of this process's last 1,000 attempts, or the run's complaints, pass their limits."""
+        with self._lock:
+            if len(self._attempts) == self._attempts.maxlen:
+                self._bounces -= self._attempts[0]
+            self._attempts.append(hard_bounce)
+            self._bounces += hard_bounce
+            n, bounced = len(self._attempts), self._bounces
+            look = (
+                self.complaint_counts is not None
+                and self.max_complaint_rate > 0
+                and time.monotonic() - self._complaints_looked >= COMPLAINT_EVERY
+            )
+            if look:
+                self._complaints_looked = time.monotonic()
+        limit = self.max_hard_bounce_rate
+        if limit and n >= BOUNCE_SAMPLE and bounced > limit * n:
+            self.stop(
+                RunStopped(
+                    f"the run paused itself: hard bounces were {bounced / n:.1%} of the last"
+                    f" {n:,} attempts (max_hard_bounce_rate {limit:.1%})",
+                    where=where,
+                    hint="a list that bounces this much harms the sender's reputation: check"
+                    f" the addresses (`mailcast report {run_id}` lists the bounces), then"
+                    f" `mailcast resume {run_id}` (or raise max_hard_bounce_rate)",
+                )
+            )
+        if look and self.complaint_counts is not None:
+            self._look_at_complaints(where, run_id)
+
+    def _look_at_complaints(self, where: str | None, run_id: str) -> None:
+        assert self.complaint_counts is not None
+        try:
+            complaints, sent = self.complaint_counts()
+        except MailcastError:  # the ledger is away: the send loop deals with that
+            return
+        limit = self.max_complaint_rate
+        if sent >= COMPLAINT_SAMPLE and complaints > limit * sent:
+            self.stop(
+                RunStopped(
+                    f"the run paused itself: {complaints:,} spam complaints for {sent:,} messages"
+                    f" sent ({complaints / sent:.2%}; max_complaint_rate {limit:.2%})",
+                    where=where,
+                    hint="find out why recipients complain (consent, content, frequency) before"
+                    f" `mailcast resume {run_id}`",
+                )
+            )
 
     def failed(self, reason: str, where: str | None, run_id: str) -> None:
         """A recipient ended failed; after ``pause_after_failures`` in a row, stop the run."""

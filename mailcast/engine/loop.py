@@ -361,7 +361,7 @@ def _send_batch(chunk: _Connection, claims: list[Claim]) -> None:
             )
             done.add(claim.id)
             result.sent += 1
-            control.succeeded()
+            control.succeeded(chunk.run_id)
         completed = True
     except (AuthError, TlsError, ConnectError, RunStopped):
         # Nothing of the message in flight was transmitted (we could not (re)connect, or the
@@ -537,6 +537,7 @@ def _refused(chunk: _Connection, claim: Claim, exc: DeliveryRefused, message_id:
             f" ({control.max_retry_seconds:g}s) is used up (attempt {claim.attempts}): {reply}"
         )
     control.failed(reason, exc.where, chunk.run_id)
+    control.attempted(hard_bounce=key == "hard bounce", where=exc.where, run_id=chunk.run_id)
     result.failed += 1
     result.count(key)
     return Outcome(

@@ -44,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from mailcast.errors import LedgerUnavailable, RunNotFoundError
 from mailcast.ledger.models import (
+    COMPLAINT,
     FAILED,
     PENDING,
     SENDING,
@@ -54,6 +55,7 @@ from mailcast.ledger.models import (
     Campaign,
     Delivery,
     DeliveryStatus,
+    Event,
     Run,
     RunStatus,
     SmtpStage,
@@ -66,6 +68,7 @@ from mailcast.redact import redact_url
 from mailcast.settings import get_settings
 
 D = cast(Table, Delivery.__table__)
+EV = cast(Table, Event.__table__)
 R = cast(Table, Run.__table__)
 C = cast(Table, Campaign.__table__)
 
@@ -926,6 +929,23 @@ class Ledger:
         with self.engine.connect() as conn:
             found = {s: n for s, n in conn.execute(query).all()}
         return {s: found.get(s, 0) for s in STATUSES}
+
+    def update_run_spec(self, run_id: str, changes: Mapping[str, Any]) -> None:
+        """Change fields of a run's recorded spec (an operator's decision at ``resume``, e.g. a
+        higher ``max_hard_bounce_rate``): later resumes keep it."""
+        with self.engine.begin() as conn:
+            spec = conn.execute(select(R.c.spec).where(R.c.id == run_id)).scalar_one()
+            conn.execute(update(R).where(R.c.id == run_id).values(spec={**spec, **changes}))
+
+    def complaint_counts(self, run_id: str) -> tuple[int, int]:
+        """(spam complaints recorded for the run's messages, messages sent): the run's
+        complaint rate, which pauses a run past ``max_complaint_rate``."""
+        complaints = select(func.count(func.distinct(EV.c.delivery_id))).where(
+            EV.c.run_id == run_id, EV.c.kind == COMPLAINT
+        )
+        sent = select(func.count()).where(D.c.run_id == run_id, D.c.status == SENT)
+        with self._reachable(), self.engine.connect() as conn:
+            return int(conn.execute(complaints).scalar_one()), int(conn.execute(sent).scalar_one())
 
     def reasons(self, run_id: str, limit: int | None = 20) -> list[tuple[str, str, int]]:
         """(status, reason, count) for rows not sent, most frequent first (``limit=None``: all)."""
