@@ -14,7 +14,8 @@ plan-copy, list-import (contacts into a list: mailcast's import vs row-by-row st
 rate-limit, dkim (e2e unsigned vs DKIM-signed, and the signing cost per message),
 http-provider (mailcast through a local fake SendGrid API vs a bare httpx client against the
 same fake), segment-count (segment counts over 1,000,000 contacts, and planning a campaign to a
-1,000,000-member list).
+1,000,000-member list), tracking (pixel and click requests/s and p50/p99 from 50 clients against
+``mailcast serve --workers 2`` and against a bare Starlette endpoint).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ SCENARIOS = [
     "dkim",
     "http-provider",
     "segment-count",
+    "tracking",
 ]
 NEEDS_PREFECT = {
     "mailcast-e2e", "compare", "million", "slow-server", "rate-limit", "dkim", "http-provider",
@@ -75,6 +77,7 @@ FULL = {
     "rate_window": 60,
     "http": 10_000,
     "segments": 1_000_000,
+    "tracking": 20_000,
 }
 QUICK = {
     "raw": 5_000,
@@ -90,6 +93,7 @@ QUICK = {
     "rate_window": 10,
     "http": 3_000,
     "segments": 100_000,
+    "tracking": 5_000,
 }
 SLOW_DELAY = 0.5
 # Worker processes for every mailcast run: one more than the cores. A worker spends ~40 % of its
@@ -715,6 +719,10 @@ class Bench:
                 run_http(self)
             if "segment-count" in only:
                 self.run_segments()
+            if "tracking" in only:
+                from bench.tracking import run_tracking
+
+                run_tracking(self)
         total = time.perf_counter() - started
         self.report(total)
         return 0

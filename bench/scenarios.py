@@ -321,6 +321,7 @@ def median_of(fn: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
 
 
 NAMES = [
+    "tracking",
     "raw",
     "raw-parallel",
     "threads",
@@ -405,6 +406,10 @@ def main() -> None:
         result = measure(args.pg, n=args.n, repeat=args.repeat)
     elif args.name == "list-import":
         result = list_import(args.pg, args.n, args.baseline_rows, args.workdir)
+    elif args.name == "tracking":
+        from bench.tracking import measure
+
+        result = measure(args.db, args.n, args.workdir)
     elif args.name == "http-bare":
         from bench.http_provider import bare
 

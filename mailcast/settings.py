@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         default=None, description="Name of a Prefect Secret block holding the tracking secret"
     )
 
+    tracking_queue_limit: int = Field(
+        default=200_000,
+        ge=1000,
+        description="Opens and clicks each `mailcast serve` process holds in memory while the"
+        " ledger is unreachable or slow; past it new ones are not recorded (the pixel and the"
+        " redirect still answer)",
+    )
+
     # the public subscription forms of `mailcast serve` (/s/LIST, /s/LIST/confirm/TOKEN, /p/TOKEN)
     public_url: str | None = Field(
         default=None,

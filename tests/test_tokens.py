@@ -214,12 +214,17 @@ def world(db_url: str) -> Iterator[World]:
 
 
 def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """A request to the app, then the wait for its event queue: opens and clicks are written
+    by the writer thread within a second of the answer."""
+
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
             return await client.request(method, path, **kwargs)
 
-    return asyncio.run(go())
+    response = asyncio.run(go())
+    assert app.state.service.writer.flush()
+    return response
 
 
 def test_click_redirects_only_to_the_url_stored_for_the_deliverys_run(world: World) -> None:
@@ -309,6 +314,7 @@ def test_a_recording_failure_still_returns_the_pixel(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("database is on fire")
 
+    monkeypatch.setattr(events, "record_event_batch", broken)  # the batch, then one by one
     monkeypatch.setattr(events, "record_event", broken)
     with caplog.at_level(logging.ERROR, logger="mailcast.engagement"):
         r = call(app, "GET", f"/o/{tokens.make(SECRET, OPEN, world.bob)}.gif")

@@ -1,11 +1,14 @@
 """The tracking service: a small Starlette (ASGI) app, served by uvicorn (``mailcast serve``).
 
-* ``GET /o/{token}.gif`` → a 1×1 GIF at once; the ``open`` event is recorded after the response
-  (every open is kept; the views count unique ones). A recording failure is logged and the pixel
-  is still returned.
+* ``GET /o/{token}.gif`` → a 1×1 GIF at once; the ``open`` event goes to the process's event
+  queue (:mod:`mailcast.engagement.writer`), written to the ledger in batches at least every
+  half second (every open is kept; the views count unique ones). The answer never waits for the
+  database: the pixel is returned while it is down, the events are kept in memory and written
+  when it is back.
 * ``GET /c/{token}`` → ``302`` to the link's URL as stored in the ``links`` table for the
   delivery's run (never anything from the request: the service is no open redirect); a ``click``
-  event is recorded after the response.
+  event is queued the same way. Links never change once written: the lookup is cached in
+  memory (bounded), so a known link redirects without a query.
 * ``GET /u/{token}`` → a plain confirmation page with a button (a link scanner's GET never
   unsubscribes); ``POST /u/{token}`` → unsubscribes at once (RFC 8058 one-click: mailbox
   providers POST ``List-Unsubscribe=One-Click``): an ``unsubscribe`` event and a suppression.
@@ -26,17 +29,18 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mailcast.engagement import record, tokens
+from mailcast.engagement.writer import LIMIT, EventWriter, Pending
 from mailcast.ledger import events, subscriptions
 from mailcast.ledger.models import CLICK, OPEN
 from mailcast.web import hooks
@@ -55,24 +59,64 @@ def _client(request: Request) -> dict[str, Any]:
     return {"user_agent": agent[:300]} if agent else {}
 
 
-class TrackingService:
-    """The routes' state: the ledger's engine and the signing secret."""
+CACHE_SIZE = 100_000  # links, and deliveries' runs, remembered by the click route
 
-    def __init__(self, database_url: str, secret: bytes) -> None:
+
+class _Cache(OrderedDict[int, Any]):
+    """A bounded map, least recently used out first (used from the event loop only)."""
+
+    def get_fresh(self, key: int) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: int, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > CACHE_SIZE:
+            self.popitem(last=False)
+
+
+class TrackingService:
+    """The routes' state: the ledger's engine, the signing secret, the event queue and the
+    link cache."""
+
+    def __init__(self, database_url: str, secret: bytes, *, queue_limit: int | None = None) -> None:
         from mailcast.ledger.store import Ledger
 
         self.ledger = Ledger(database_url, create=False)
         self.engine = self.ledger.engine
         self.secret = secret
+        self.writer = EventWriter(self._write_batch, self._write_one, limit=queue_limit or LIMIT)
+        self._links = _Cache()  # link id -> (url, run_id, position)
+        self._runs = _Cache()  # delivery id -> run_id
 
-    # -- recording (runs in a thread, after the response) -----------------------------------
+    # -- recording (the writer's thread) --------------------------------------------------------
+
+    def _write_batch(self, batch: Sequence[Pending]) -> int:
+        return events.record_event_batch(self.engine, batch)
+
+    def _write_one(self, item: Pending) -> None:
+        delivery_id, kind, detail, occurred_at = item
+        if not events.record_event(self.engine, delivery_id, kind, detail, occurred_at=occurred_at):
+            log.info("%s for delivery %s not recorded: no such delivery", kind, delivery_id)
 
     def _record(self, delivery_id: int, kind: str, detail: dict[str, Any]) -> None:
-        try:
-            if not events.record_event(self.engine, delivery_id, kind, detail or None):
-                log.info("%s for delivery %s not recorded: no such delivery", kind, delivery_id)
-        except Exception:
-            log.exception("could not record the %s event of delivery %s", kind, delivery_id)
+        self.writer.put(delivery_id, kind, detail or None)
+
+    async def _link_target(self, delivery_id: int, link_id: int) -> tuple[str, str, int] | None:
+        """(url, run_id, position) of the link when it belongs to the delivery's run: from the
+        cache, else one query (whose answer is cached: neither ever changes)."""
+        link = self._links.get_fresh(link_id)
+        run = self._runs.get_fresh(delivery_id)
+        if link is not None and run is not None:
+            return link if link[1] == run else None
+        target = await run_in_threadpool(events.link_target, self.engine, delivery_id, link_id)
+        if target is not None:
+            self._links.put(link_id, target)
+            self._runs.put(delivery_id, target[1])
+        return target
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -80,19 +124,16 @@ class TrackingService:
         token = tokens.verify(self.secret, request.path_params["token"], tokens.OPEN)
         if token is None:
             return not_found()
-        task = None
         if request.method == "GET":  # a HEAD is no open
-            task = BackgroundTask(self._record, token.delivery_id, OPEN, _client(request))
-        return Response(PIXEL, media_type="image/gif", headers=NO_CACHE, background=task)
+            self._record(token.delivery_id, OPEN, _client(request))
+        return Response(PIXEL, media_type="image/gif", headers=NO_CACHE)
 
     async def click(self, request: Request) -> Response:
         token = tokens.verify(self.secret, request.path_params["token"], tokens.CLICK)
         if token is None or token.link_id is None:
             return not_found()
         try:
-            target = await run_in_threadpool(
-                events.link_target, self.engine, token.delivery_id, token.link_id
-            )
+            target = await self._link_target(token.delivery_id, token.link_id)
         except Exception:
             log.exception("cannot look up link %s of delivery %s", token.link_id, token.delivery_id)
             return PlainTextResponse(
@@ -105,10 +146,9 @@ class TrackingService:
         url, _run_id, position = target
         detail = {"link_id": token.link_id, "url": url[:2000], "position": position}
         detail.update(_client(request))
-        task = None
         if request.method == "GET":
-            task = BackgroundTask(self._record, token.delivery_id, CLICK, detail)
-        return RedirectResponse(url, status_code=302, headers=NO_CACHE, background=task)
+            self._record(token.delivery_id, CLICK, detail)
+        return RedirectResponse(url, status_code=302, headers=NO_CACHE)
 
     async def unsubscribe_page(self, request: Request) -> Response:
         raw = request.path_params["token"]
@@ -197,7 +237,9 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
 
     settings = get_settings()
     key = tokens.load_secret(secret)
-    service = TrackingService(database_url or settings.ledger_url(), key)
+    service = TrackingService(
+        database_url or settings.ledger_url(), key, queue_limit=settings.tracking_queue_limit
+    )
     forms = SubscribeService(service.ledger, key, settings)
     routes = [
         Route("/o/{token}.gif", service.pixel, methods=["GET", "HEAD"]),
@@ -213,7 +255,11 @@ def create_app(database_url: str | None = None, *, secret: str | bytes | None = 
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         # confirmation runs a stopped service left open get their final statuses
         await run_in_threadpool(forms.close_unfinished)
-        yield
+        service.writer.start()
+        try:
+            yield
+        finally:  # a graceful stop (SIGTERM): everything queued is written before the exit
+            await run_in_threadpool(service.writer.close)
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
