@@ -341,7 +341,11 @@ def serve(url: str, workers: int = 2) -> Iterator[tuple[subprocess.Popen[bytes],
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCAST_")}
     env.update(
-        {"MAILCAST_TRACKING_SECRET": SECRET, "MAILCAST_DATA_DIR": os.environ["MAILCAST_DATA_DIR"]}
+        {
+            "MAILCAST_TRACKING_SECRET": SECRET,
+            "MAILCAST_DATA_DIR": os.environ["MAILCAST_DATA_DIR"],
+            "PYTHONFAULTHANDLER": "1",
+        }
     )
     cmd = [sys.executable, "-m", "mailcast", "serve", "--db", url, "--port", str(port),
            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip

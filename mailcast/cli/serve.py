@@ -68,6 +68,8 @@ def serve(
         "forwarded_allow_ips": forwarded_allow_ips,
         "log_level": log_level,
         "server_header": False,
+        # a stop waits this long for open requests, then writes the queue and exits
+        "timeout_graceful_shutdown": 10,
     }
     if workers == 1:
         uvicorn.run(application, **options)
