@@ -30,6 +30,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) ->
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its own Prefect server on SQLite: under load it logs "database is locked"
 @pytest.mark.timeout(1200)
 def test_the_wheel_works_from_an_empty_folder(tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MAILCAST_", "PREFECT_"))}
